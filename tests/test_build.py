@@ -1,0 +1,159 @@
+"""The package as installed: compiled backend, fallbacks, `fastnn info`, doctests."""
+
+from __future__ import annotations
+
+import doctest
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import fastnn
+from fastnn import cli, ops
+
+
+def _run(code: str, env=None, cwd=None) -> subprocess.CompletedProcess:
+    full_env = dict(os.environ)
+    full_env.update(env or {})
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
+                          text=True, env=full_env, cwd=cwd, timeout=120)
+
+
+def test_cython_backend_is_loaded():
+    # Every backend-parametrized test relies on this: a failed build must fail loudly here.
+    assert ops.cython_status() is None, ops.cython_status()
+    assert ops.available_backends() == ["cython", "numpy"]
+    assert ops._backend_info("cython")["source_sha256"]
+
+
+def test_default_backend_is_cython_and_env_override():
+    done = _run("import fastnn; print(fastnn.get_backend())", env={"FASTNN_BACKEND": ""})
+    assert done.stdout.strip() == "cython", done.stderr
+    done = _run("import fastnn; print(fastnn.get_backend())", env={"FASTNN_BACKEND": "numpy"})
+    assert done.stdout.strip() == "numpy", done.stderr
+
+
+def test_backend_context_manager_restores_on_error():
+    fastnn.set_backend("cython")
+    with pytest.raises(RuntimeError, match="boom"), fastnn.backend("numpy"):
+        assert fastnn.get_backend() == "numpy"
+        raise RuntimeError("boom")
+    assert fastnn.get_backend() == "cython"
+
+
+_CHECK_FALLBACK = """
+    import warnings
+    warnings.simplefilter("always")
+    with warnings.catch_warnings(record=True) as caught:
+        import fastnn
+    from fastnn import ops
+    import numpy as np
+    print(fastnn.get_backend())
+    print([str(w.message) for w in caught if w.category is ops.FastnnBuildWarning])
+    loss, _ = ops.softmax_cross_entropy(np.zeros((2, 4)), np.array([0, 1]))
+    print(round(loss, 6))
+    try:
+        fastnn.set_backend("cython")
+    except RuntimeError as exc:
+        print("refused:", exc)
+"""
+
+
+def test_missing_compiled_module_warns_and_falls_back_to_numpy():
+    block = """
+        import sys
+        class Block:
+            def find_spec(self, name, path=None, target=None):
+                if name == "fastnn._kernels":
+                    raise ImportError("simulated: no compiled module")
+        sys.meta_path.insert(0, Block())
+    """
+    done = _run(textwrap.dedent(block) + textwrap.dedent(_CHECK_FALLBACK))
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0] == "numpy"
+    assert "could not be imported" in lines[1] and "falling back to the NumPy backend" in lines[1]
+    assert lines[2] == str(round(float(np.log(4)), 6))
+    assert lines[3].startswith("refused: the cython backend is unavailable")
+
+
+def test_stale_compiled_module_warns_and_falls_back_to_numpy(tmp_path):
+    # A copy of the installed package whose .pyx no longer matches the compiled module,
+    # as in an editable install edited but not rebuilt.
+    package = Path(fastnn.__file__).parent
+    copy = tmp_path / "fastnn"
+    shutil.copytree(package, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    pyx = copy / "_kernels.pyx"
+    source = pyx.read_text() if pyx.exists() else ""
+    pyx.write_text(source + "\n# edited after the build\n")
+    done = _run(_CHECK_FALLBACK, env={"PYTHONPATH": str(tmp_path)}, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0] == "numpy"
+    assert "older _kernels.pyx than the one beside it" in lines[1]
+
+
+def test_info_lines_report_build_and_blas():
+    text = "\n".join(cli.info_lines())
+    assert f"fastnn {fastnn.__version__}" in text
+    assert "cython backend: loaded" in text
+    assert "openmp: " in text
+    assert f"numpy {np.__version__}, BLAS:" in text
+
+
+def test_python_m_fastnn_info():
+    done = subprocess.run([sys.executable, "-m", "fastnn", "info"], capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "active backend: cython" in done.stdout
+
+
+def test_cli_bad_command_exits_2_with_one_line():
+    done = subprocess.run([sys.executable, "-m", "fastnn", "frobnicate"], capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 2
+    assert done.stderr.count("\n") == 1 and "invalid choice" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_console_script_installed():
+    installed = any(Path(fastnn.__file__).is_relative_to(sysconfig.get_paths()[key])
+                    for key in ("purelib", "platlib"))
+    if not installed:
+        pytest.skip("fastnn runs from a source tree here; the console script needs pip install")
+    script = shutil.which("fastnn", path=str(Path(sys.executable).parent))
+    assert script is not None
+    done = subprocess.run([script, "info"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "fastnn" in done.stdout
+
+
+@pytest.mark.parametrize("module", [fastnn, ops])
+def test_docstring_examples(module):
+    result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted > 0 and result.failed == 0
+
+
+def test_results_do_not_depend_on_thread_count():
+    code = """
+        import hashlib, numpy as np
+        from fastnn import ops
+        rng = np.random.default_rng(0)
+        x = rng.standard_normal((512, 1500)).astype(np.float32)
+        out, cache = ops.batchnorm_forward(x, np.ones(1500, np.float32), np.zeros(1500, np.float32))
+        dx = ops.batchnorm_backward(x, cache)[0]
+        loss, grad = ops.softmax_cross_entropy(x, rng.integers(0, 1500, 512))
+        p = x.ravel().copy(); m = np.zeros_like(p); v = np.zeros_like(p)
+        ops.adam_update(p, x.ravel(), m, v, 1)
+        h = hashlib.sha256()
+        for a in (out, dx, grad, p, np.array(loss)):
+            h.update(a.tobytes())
+        print(h.hexdigest())
+    """
+    digests = {_run(code, env={"OMP_NUM_THREADS": str(t)}).stdout for t in (1, 2)}
+    assert len(digests) == 1 and "" not in digests
