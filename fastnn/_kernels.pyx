@@ -75,12 +75,33 @@ cdef extern from *:
         scale.i = (bits.i - 0x4B400000 + 127) << 23;
         return p * scale.f * underflow;
     }
+
+    /* e[c] = exp(z[c] - shift) over a row of float32: the one transcendental hot
+       loop. On x86-64 Linux with GCC it is compiled twice (baseline SSE2 and
+       x86-64-v3: AVX2 + FMA) and the loader picks the clone this CPU runs
+       (an ifunc), so the wheel stays portable. e may be z itself. */
+    #if defined(__x86_64__) && defined(__linux__) && defined(__GNUC__) && !defined(__clang__) \
+        && !FASTNN_NATIVE && !FASTNN_DEBUG_BUILD
+    #define FASTNN_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
+    #define FASTNN_HAVE_CLONES 1
+    #else
+    #define FASTNN_CLONES
+    #define FASTNN_HAVE_CLONES 0
+    #endif
+    FASTNN_CLONES
+    static void fastnn_exp_shifted_f32(const float *z, float *e, Py_ssize_t n, float shift) {
+        for (Py_ssize_t c = 0; c < n; c++) {
+            e[c] = fastnn_expf(z[c] - shift);
+        }
+    }
     """
     const int FASTNN_HAVE_OPENMP
     const char* FASTNN_SOURCE_SHA256
     const int FASTNN_DEBUG_BUILD
     const int FASTNN_NATIVE
     float fastnn_expf(float x) noexcept nogil
+    void fastnn_exp_shifted_f32(const float *z, float *e, Py_ssize_t n, float shift) noexcept nogil
+    const int FASTNN_HAVE_CLONES
     int fastnn_max_threads() noexcept nogil
 
 
@@ -97,6 +118,12 @@ ctypedef fused label_t:
 cdef enum:
     BLOCK = 2048
 
+# Row reductions (softmax max and sum) use LANES independent accumulators, summed
+# over chunks of CHUNK elements; both fixed, so results never depend on threads.
+cdef enum:
+    LANES = 8
+    CHUNK = 64
+
 # Below this many elements, OpenMP threads cost more than they save.
 cdef Py_ssize_t PARALLEL_MIN_ELEMENTS = 1 << 16
 
@@ -107,15 +134,9 @@ def build_info():
         "openmp": bool(FASTNN_HAVE_OPENMP),
         "debug_build": bool(FASTNN_DEBUG_BUILD),
         "native": bool(FASTNN_NATIVE),
+        "simd_clones": bool(FASTNN_HAVE_CLONES),
         "source_sha256": FASTNN_SOURCE_SHA256.decode("ascii"),
     }
-
-
-cdef inline floating _exp(floating x) noexcept nogil:
-    if floating is float:
-        return fastnn_expf(x)
-    else:
-        return exp(x)
 
 
 cdef inline floating _sqrt(floating x) noexcept nogil:
@@ -425,50 +446,63 @@ def batchnorm_backward_eval(
 # Softmax and cross-entropy
 # --------------------------------------------------------------------------
 
-cdef inline double _row_max(const floating[:, ::1] z, Py_ssize_t i) noexcept nogil:
-    # Four independent maxima break the compare chain; the order is fixed.
-    cdef Py_ssize_t c, ncls = z.shape[1]
-    cdef floating m0 = z[i, 0], m1 = z[i, 0], m2 = z[i, 0], m3 = z[i, 0]
+cdef inline floating _row_max(const floating[:, ::1] z, Py_ssize_t i) noexcept nogil:
+    # LANES independent maxima (one vector register) break the compare chain.
+    # NaN never wins a comparison, so NaN logits are skipped here and propagate
+    # through exp(z - max) instead.
+    cdef floating m[LANES]
+    cdef Py_ssize_t c, k, ncls = z.shape[1]
+    cdef Py_ssize_t stop = ncls - ncls % LANES
+    for k in range(LANES):
+        m[k] = z[i, 0]
     c = 0
-    while c + 4 <= ncls:
-        if z[i, c] > m0:
-            m0 = z[i, c]
-        if z[i, c + 1] > m1:
-            m1 = z[i, c + 1]
-        if z[i, c + 2] > m2:
-            m2 = z[i, c + 2]
-        if z[i, c + 3] > m3:
-            m3 = z[i, c + 3]
-        c += 4
-    while c < ncls:
-        if z[i, c] > m0:
-            m0 = z[i, c]
-        c += 1
-    if m1 > m0:
-        m0 = m1
-    if m3 > m2:
-        m2 = m3
-    return m0 if m0 >= m2 else m2
+    while c < stop:
+        for k in range(LANES):
+            if z[i, c + k] > m[k]:
+                m[k] = z[i, c + k]
+        c += LANES
+    for c in range(stop, ncls):
+        if z[i, c] > m[0]:
+            m[0] = z[i, c]
+    for k in range(1, LANES):
+        if m[k] > m[0]:
+            m[0] = m[k]
+    return m[0]
 
 
 cdef inline double _exp_row(const floating[:, ::1] z, floating[:, ::1] e_out,
                             Py_ssize_t i, floating zmax) noexcept nogil:
-    """e_out[i] = exp(z[i] - zmax); returns the row sum (in double)."""
-    cdef Py_ssize_t c, ncls = z.shape[1]
-    cdef double s0 = 0.0, s1 = 0.0, s2 = 0.0, s3 = 0.0
-    for c in range(ncls):
-        e_out[i, c] = _exp(z[i, c] - zmax)
-    c = 0
-    while c + 4 <= ncls:
-        s0 += e_out[i, c]
-        s1 += e_out[i, c + 1]
-        s2 += e_out[i, c + 2]
-        s3 += e_out[i, c + 3]
-        c += 4
-    while c < ncls:
-        s0 += e_out[i, c]
-        c += 1
-    return (s0 + s1) + (s2 + s3)
+    """e_out[i] = exp(z[i] - zmax); returns the row sum.
+
+    The sum runs in LANES partial sums of the data's dtype over chunks of
+    CHUNK elements (each partial adds CHUNK / LANES terms in [0, 1]), and the
+    chunks are accumulated in double: vectorised, deterministic, and within a
+    few ulp of a double sum.
+    """
+    cdef floating s[LANES]
+    cdef Py_ssize_t c, c0, q, k, ncls = z.shape[1]
+    cdef Py_ssize_t stop = ncls - ncls % CHUNK
+    cdef double total = 0.0, part
+    if floating is float:
+        fastnn_exp_shifted_f32(&z[i, 0], &e_out[i, 0], ncls, zmax)
+    else:
+        for c in range(ncls):
+            e_out[i, c] = exp(z[i, c] - zmax)
+    c0 = 0
+    while c0 < stop:
+        for k in range(LANES):
+            s[k] = 0
+        for q in range(CHUNK // LANES):
+            for k in range(LANES):
+                s[k] += e_out[i, c0 + q * LANES + k]
+        part = 0.0
+        for k in range(LANES):
+            part += s[k]
+        total += part
+        c0 += CHUNK
+    for c in range(stop, ncls):
+        total += e_out[i, c]
+    return total
 
 
 cdef inline double _weighted_gap(const floating[:, ::1] z, const floating[::1] w,

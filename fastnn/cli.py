@@ -1,4 +1,4 @@
-"""The ``fastnn`` command line: ``fastnn info`` (and ``python -m fastnn info``).
+"""The ``fastnn`` command line: ``fastnn info``, ``fastnn bench`` (also ``python -m fastnn``).
 
 Errors in arguments exit with status 2 and a one-line message, never a traceback.
 """
@@ -65,6 +65,35 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from . import _quickbench
+
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        limits = None
+    else:
+        limits = threadpool_limits(args.threads)
+    print(f"fastnn {__version__}: cython vs numpy backend, float32, best of 5"
+          + (f", {args.threads} thread(s)" if limits is not None else ""))
+    try:
+        _quickbench.run(quick=args.quick)
+    except RuntimeError as exc:
+        print(f"fastnn: error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer; got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer; got {value}")
+    return value
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):  # one line, exit status 2, no usage dump
         self.exit(2, f"fastnn: error: {message}\n")
@@ -76,6 +105,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     info = sub.add_parser("info", help="version, build flags, backend, NumPy and BLAS")
     info.set_defaults(func=_cmd_info)
+    bench = sub.add_parser("bench", help="time the kernels on the cython and numpy backends")
+    bench.add_argument("--quick", action="store_true", help="smaller sizes, shorter timing")
+    bench.add_argument("--threads", type=_positive_int, default=1,
+                       help="BLAS/OpenMP threads (needs threadpoolctl; default 1)")
+    bench.set_defaults(func=_cmd_bench)
     return parser
 
 
