@@ -28,7 +28,8 @@ def _batchnorm(shape, rng):
     dy = rng.standard_normal(shape, dtype=np.float32)
     gamma, beta = np.ones(d, np.float32), np.zeros(d, np.float32)
     rm, rv = np.zeros(d, np.float32), np.ones(d, np.float32)
-    out, dx, dgamma, dbeta = np.empty_like(x), np.empty_like(x), np.empty_like(gamma), np.empty_like(gamma)
+    out, dx = np.empty_like(x), np.empty_like(x)
+    dgamma, dbeta = np.empty_like(gamma), np.empty_like(gamma)
     cache = None
 
     def run():

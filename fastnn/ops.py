@@ -303,6 +303,8 @@ def _owner(a: np.ndarray):
 def _disjoint(a: np.ndarray, b: np.ndarray) -> bool:
     # Arrays with different owning ndarrays cannot overlap; otherwise ask NumPy
     # (its bounds test is exact for the contiguous arrays used here).
+    if a.base is None and b.base is None:
+        return a is not b  # both own their memory: the common case, decided fast
     ra, rb = _owner(a), _owner(b)
     if ra is not None and rb is not None and ra is not rb:
         return True
@@ -315,8 +317,22 @@ def _check_no_overlap(pairs) -> None:
             raise ValueError(f"{name_a} and {name_b} must not share memory")
 
 
+def _check_outputs(outputs: list, inputs: list) -> None:
+    """Each (name, array) output shares memory with no other output and no input."""
+    named = outputs + inputs
+    if len({id(a) for _, a in named}) == len(named):
+        for _, a in named:
+            if a.base is not None:
+                break
+        else:
+            return  # distinct arrays that own their memory cannot overlap: decided fast
+    _check_no_overlap((a, b) for i, a in enumerate(outputs) for b in named[i + 1:])
+
+
 def _scalar(name: str, value, low: float, high: float, *, low_open=False, high_open=False) -> float:
     """A finite float in [low, high] (open ends where asked)."""
+    if type(value) is float and low < value < high:
+        return value  # strictly inside: the common case, decided fast (NaN fails it)
     try:
         v = float(value)
     except (TypeError, ValueError):
@@ -495,10 +511,10 @@ def batchnorm_forward(
         raise ValueError(f"x must have at least one feature (column); got shape {x.shape}")
     gamma = _float_input("gamma", gamma, 1, dtype)
     beta = _float_input("beta", beta, 1, dtype)
-    if gamma.shape != (d,):
-        raise ValueError(f"gamma must have shape ({d},) to match x of shape {x.shape}; got {gamma.shape}")
-    if beta.shape != (d,):
-        raise ValueError(f"beta must have shape ({d},) to match x of shape {x.shape}; got {beta.shape}")
+    for name, vector in (("gamma", gamma), ("beta", beta)):
+        if vector.shape != (d,):
+            raise ValueError(f"{name} must have shape ({d},) to match x of shape {x.shape}; "
+                             f"got {vector.shape}")
     if (running_mean is None) != (running_var is None):
         raise ValueError("running_mean and running_var must be given together (or both None)")
     has_running = running_mean is not None
@@ -506,7 +522,6 @@ def batchnorm_forward(
         if training:
             running_mean = _writable("running_mean", running_mean, (d,), dtype)
             running_var = _writable("running_var", running_var, (d,), dtype)
-            _check_no_overlap(((("running_mean", running_mean), ("running_var", running_var)),))
         else:
             running_mean = _float_input("running_mean", running_mean, 1, dtype)
             running_var = _float_input("running_var", running_var, 1, dtype)
@@ -520,22 +535,28 @@ def batchnorm_forward(
     momentum = _scalar("momentum", momentum, 0.0, 1.0)
     eps = _scalar("eps", eps, 0.0, _INF, low_open=True, high_open=True)
 
+    # Everything written (out, reused cache buffers, running statistics in training)
+    # must not overlap anything else; out may be x itself (normalised in place).
     x_hat, mean, inv_std = _reuse_cache(cache, training, x.shape, dtype)
+    outputs = []
     if out is None:
         out = np.empty_like(x)
     else:
         out = _writable("out", out, x.shape, dtype)
-        others = [("gamma", gamma), ("beta", beta), ("cache mean", mean), ("cache inv_std", inv_std)]
-        if x_hat is not None:
-            others.append(("cache x_hat", x_hat))
-        if has_running:
-            others += [("running_mean", running_mean), ("running_var", running_var)]
-        if out is not x:
-            others.append(("x", x))
-        _check_no_overlap((("out", out), other) for other in others)
+        outputs.append(("out", out))
     if cache is not None:
-        _check_no_overlap((("x", x), buf) for buf in (("cache mean", mean), ("cache x_hat", x_hat))
-                          if buf[1] is not None)
+        outputs += [("cache mean", mean), ("cache inv_std", inv_std)]
+        if x_hat is not None:
+            outputs.append(("cache x_hat", x_hat))
+    if has_running and training:
+        outputs += [("running_mean", running_mean), ("running_var", running_var)]
+    if outputs:
+        inputs = [("gamma", gamma), ("beta", beta)]
+        if out is not x:
+            inputs.append(("x", x))
+        if has_running and not training:
+            inputs += [("running_mean", running_mean), ("running_var", running_var)]
+        _check_outputs(outputs, inputs)
 
     if training:
         _active.kernel("batchnorm_forward_train", dtype)(
@@ -547,7 +568,7 @@ def batchnorm_forward(
         _active.kernel("batchnorm_forward_eval", dtype)(
             x, gamma, beta, running_mean, running_var, out, mean, inv_std, eps,
         )
-        # Backward in eval mode recomputes x_hat from x; if out overwrote x, keep a copy.
+        # Backward in eval mode recomputes x_hat from x; if out overwrote x, it is gone.
         x_ref = x if out is not x else None
     if cache is None:
         cache = BatchNormCache(training, x_hat, x_ref, mean, inv_std, gamma)
@@ -595,16 +616,11 @@ def batchnorm_backward(dout, cache: BatchNormCache, *, dx=None, dgamma=None, dbe
     if dout.shape != shape:
         raise ValueError(f"dout must have shape {shape} (the forward's output); got {dout.shape}")
     d = shape[1]
-    cache_arrays = [("cache mean", cache.mean), ("cache inv_std", cache.inv_std)]
-    cache_arrays.append(("cache x_hat", cache.x_hat) if cache.training else ("cache x", cache.x))
     outputs = []
     if dx is None:
         dx = np.empty(shape, dtype)
     else:
-        dx = _writable("dx", dx, shape, dtype)
-        outputs.append(("dx", dx))
-        if dx is not dout:
-            _check_no_overlap(((("dx", dx), ("dout", dout)),))
+        outputs.append(("dx", _writable("dx", dx, shape, dtype)))
     if dgamma is None:
         dgamma = np.empty(d, dtype)
     else:
@@ -614,10 +630,12 @@ def batchnorm_backward(dout, cache: BatchNormCache, *, dx=None, dgamma=None, dbe
     else:
         outputs.append(("dbeta", _writable("dbeta", dbeta, (d,), dtype)))
     if outputs:
-        everything = outputs + cache_arrays + [("gamma", cache.gamma)]
-        _check_no_overlap(
-            (a, b) for i, a in enumerate(outputs) for b in everything[i + 1:]
-        )
+        inputs = [("cache mean", cache.mean), ("cache inv_std", cache.inv_std),
+                  ("cache x_hat", cache.x_hat) if cache.training else ("cache x", cache.x),
+                  ("gamma", cache.gamma)]
+        if dx is not dout:  # dx may be dout itself
+            inputs.append(("dout", dout))
+        _check_outputs(outputs, inputs)
     if cache.training:
         _active.kernel("batchnorm_backward_train", dtype)(
             dout, cache.x_hat, cache.gamma, cache.inv_std, dx, dgamma, dbeta
@@ -739,22 +757,22 @@ def softmax_cross_entropy(
         inv_norm = 1.0 / total
     else:
         inv_norm = 1.0 / n
+    outputs = []
     if grad is None:
         grad = np.empty_like(logits)
     else:
-        grad = _writable("grad", grad, logits.shape, dtype)
-        pairs = [(("grad", grad), ("labels", labels))]
-        if grad is not logits:
-            pairs.append((("grad", grad), ("logits", logits)))
-        if class_weight is not None:
-            pairs.append((("grad", grad), ("class_weight", class_weight)))
-        _check_no_overlap(pairs)
+        outputs.append(("grad", _writable("grad", grad, logits.shape, dtype)))
     if row_loss is None:
         row_loss = np.empty(n, _FLOAT64)
     else:
-        row_loss = _writable("row_loss", row_loss, (n,), _FLOAT64)
-        _check_no_overlap(((("row_loss", row_loss), ("grad", grad)),
-                           (("row_loss", row_loss), ("logits", logits))))
+        outputs.append(("row_loss", _writable("row_loss", row_loss, (n,), _FLOAT64)))
+    if outputs:
+        inputs = [("labels", labels)]
+        if grad is not logits:  # grad may be logits itself
+            inputs.append(("logits", logits))
+        if class_weight is not None:
+            inputs.append(("class_weight", class_weight))
+        _check_outputs(outputs, inputs)
     loss = _active.kernel("softmax_cross_entropy", dtype, labels.dtype)(
         logits, labels, class_weight, grad, row_loss, smoothing, inv_norm
     )
@@ -790,8 +808,8 @@ def softmax(logits, *, out=None) -> np.ndarray:
         out = np.empty_like(logits)
     else:
         out = _writable("out", out, logits.shape, logits.dtype)
-        if out is not logits:
-            _check_no_overlap(((("out", out), ("logits", logits)),))
+        if out is not logits:  # out may be logits itself
+            _check_outputs([("out", out)], [("logits", logits)])
     _active.kernel("softmax", logits.dtype)(logits, out)
     return out
 
@@ -824,6 +842,37 @@ def _param_and_grad(param, grad) -> tuple[np.ndarray, np.ndarray]:
     if param.ndim != 1:
         param, grad = param.reshape(-1), grad.reshape(-1)
     return param, grad
+
+
+def _optimizer_buffers(param, grad, states) -> tuple[np.ndarray, np.ndarray, list]:
+    """Validated flat views of param, grad and the named state buffers.
+
+    The fast path takes the common case, 1-D arrays that each own distinct
+    memory (so they cannot overlap), with every rule of the general path
+    checked; anything else goes through the general path and its messages.
+    """
+    if (type(param) is np.ndarray and type(grad) is np.ndarray and param.ndim == 1
+            and param.base is None and grad.base is None):
+        dtype, shape = param.dtype, param.shape
+        if ((dtype is _FLOAT32 or dtype is _FLOAT64) and grad.dtype is dtype
+                and grad.shape == shape and param is not grad
+                and param.flags.num & _C_ALIGNED_WRITABLE == _C_ALIGNED_WRITABLE
+                and grad.flags.num & _C_ALIGNED == _C_ALIGNED):
+            seen = {id(param), id(grad)}
+            arrays = []
+            for _, a in states:
+                if not (type(a) is np.ndarray and a.base is None and a.dtype is dtype
+                        and a.shape == shape and id(a) not in seen
+                        and a.flags.num & _C_ALIGNED_WRITABLE == _C_ALIGNED_WRITABLE):
+                    break
+                seen.add(id(a))
+                arrays.append(a)
+            else:
+                return param, grad, arrays
+    param, grad = _param_and_grad(param, grad)
+    flat = [(name, _flat_state(name, a, param.size, param.dtype)) for name, a in states]
+    _check_states(param, grad, flat)
+    return param, grad, [a for _, a in flat]
 
 
 def _check_states(param, grad, states) -> None:
@@ -881,19 +930,17 @@ def adam_update(
         Use the running maximum of ``v``, kept in ``v_max`` (required then).
     v_max : array like ``v``, optional
     """
-    param, grad = _param_and_grad(param, grad)
-    size, dtype = param.size, param.dtype
-    m = _flat_state("m", m, size, dtype)
-    v = _flat_state("v", v, size, dtype)
     states = [("m", m), ("v", v)]
     if amsgrad:
         if v_max is None:
             raise ValueError("amsgrad=True needs v_max (the running maximum of v; start at zeros)")
-        v_max = _flat_state("v_max", v_max, size, dtype)
         states.append(("v_max", v_max))
     elif v_max is not None:
         raise ValueError("v_max is only used with amsgrad=True; got amsgrad=False")
-    _check_states(param, grad, states)
+    param, grad, buffers = _optimizer_buffers(param, grad, states)
+    m, v = buffers[0], buffers[1]
+    v_max = buffers[2] if amsgrad else None
+    dtype = param.dtype
     t = _step_count(step)
     lr = _scalar("lr", lr, 0.0, _INF, high_open=True)
     beta1 = _scalar("beta1", beta1, 0.0, 1.0, high_open=True)
@@ -944,7 +991,6 @@ def sgd_update(
         Needs ``momentum > 0`` and ``dampening == 0``.
     weight_decay : float >= 0
     """
-    param, grad = _param_and_grad(param, grad)
     t = _step_count(step)
     lr = _scalar("lr", lr, 0.0, _INF, high_open=True)
     momentum = _scalar("momentum", momentum, 0.0, 1.0)
@@ -957,12 +1003,11 @@ def sgd_update(
     if momentum > 0.0:
         if velocity is None:
             raise ValueError(f"momentum={momentum} needs velocity (start at zeros)")
-        velocity = _flat_state("velocity", velocity, param.size, param.dtype)
-        _check_states(param, grad, [("velocity", velocity)])
+        param, grad, (velocity,) = _optimizer_buffers(param, grad, [("velocity", velocity)])
     elif velocity is not None:
         raise ValueError("velocity is only used with momentum > 0; got momentum=0")
     else:
-        _check_states(param, grad, [])
+        param, grad, _ = _optimizer_buffers(param, grad, [])
     _active.kernel("sgd_update", param.dtype)(
         param, grad, velocity, lr, momentum, dampening, nesterov, weight_decay, t == 1
     )
@@ -1010,9 +1055,6 @@ def rmsprop_update(
     momentum_buffer, grad_avg : arrays like ``square_avg``, optional
         Required with ``momentum > 0`` and ``centered=True`` respectively.
     """
-    param, grad = _param_and_grad(param, grad)
-    size, dtype = param.size, param.dtype
-    square_avg = _flat_state("square_avg", square_avg, size, dtype)
     lr = _scalar("lr", lr, 0.0, _INF, high_open=True)
     alpha = _scalar("alpha", alpha, 0.0, 1.0)
     eps = _scalar("eps", eps, 0.0, _INF, high_open=True)
@@ -1022,18 +1064,19 @@ def rmsprop_update(
     if momentum > 0.0:
         if momentum_buffer is None:
             raise ValueError(f"momentum={momentum} needs momentum_buffer (start at zeros)")
-        momentum_buffer = _flat_state("momentum_buffer", momentum_buffer, size, dtype)
         states.append(("momentum_buffer", momentum_buffer))
     elif momentum_buffer is not None:
         raise ValueError("momentum_buffer is only used with momentum > 0; got momentum=0")
     if centered:
         if grad_avg is None:
             raise ValueError("centered=True needs grad_avg (start at zeros)")
-        grad_avg = _flat_state("grad_avg", grad_avg, size, dtype)
         states.append(("grad_avg", grad_avg))
     elif grad_avg is not None:
         raise ValueError("grad_avg is only used with centered=True; got centered=False")
-    _check_states(param, grad, states)
-    _active.kernel("rmsprop_update", dtype)(
+    param, grad, buffers = _optimizer_buffers(param, grad, states)
+    square_avg = buffers[0]
+    momentum_buffer = buffers[1] if momentum > 0.0 else None
+    grad_avg = buffers[-1] if centered else None
+    _active.kernel("rmsprop_update", param.dtype)(
         param, grad, square_avg, momentum_buffer, grad_avg, lr, alpha, eps, weight_decay, momentum
     )
