@@ -446,33 +446,37 @@ def batchnorm_backward_eval(
 # Softmax and cross-entropy
 # --------------------------------------------------------------------------
 
-cdef inline floating _row_max(const floating[:, ::1] z, Py_ssize_t i) noexcept nogil:
+# The row helpers take raw pointers to one row (its memoryview element
+# addresses, taken where the row index is bounds-checked in a debug build):
+# passing memoryview slices by value per row costs more than a 10-class row.
+
+cdef inline floating _row_max(const floating *z, Py_ssize_t ncls) noexcept nogil:
     # LANES independent maxima (one vector register) break the compare chain.
     # NaN never wins a comparison, so NaN logits are skipped here and propagate
     # through exp(z - max) instead.
     cdef floating m[LANES]
-    cdef Py_ssize_t c, k, ncls = z.shape[1]
+    cdef Py_ssize_t c, k
     cdef Py_ssize_t stop = ncls - ncls % LANES
     for k in range(LANES):
-        m[k] = z[i, 0]
+        m[k] = z[0]
     c = 0
     while c < stop:
         for k in range(LANES):
-            if z[i, c + k] > m[k]:
-                m[k] = z[i, c + k]
+            if z[c + k] > m[k]:
+                m[k] = z[c + k]
         c += LANES
     for c in range(stop, ncls):
-        if z[i, c] > m[0]:
-            m[0] = z[i, c]
+        if z[c] > m[0]:
+            m[0] = z[c]
     for k in range(1, LANES):
         if m[k] > m[0]:
             m[0] = m[k]
     return m[0]
 
 
-cdef inline double _exp_row(const floating[:, ::1] z, floating[:, ::1] e_out,
-                            Py_ssize_t i, floating zmax) noexcept nogil:
-    """e_out[i] = exp(z[i] - zmax); returns the row sum.
+cdef inline double _exp_row(const floating *z, floating *e, Py_ssize_t ncls,
+                            floating zmax) noexcept nogil:
+    """e = exp(z - zmax) over one row; returns the row sum.
 
     The sum runs in LANES partial sums of the data's dtype over chunks of
     CHUNK elements (each partial adds CHUNK / LANES terms in [0, 1]), and the
@@ -480,84 +484,84 @@ cdef inline double _exp_row(const floating[:, ::1] z, floating[:, ::1] e_out,
     few ulp of a double sum.
     """
     cdef floating s[LANES]
-    cdef Py_ssize_t c, c0, q, k, ncls = z.shape[1]
+    cdef Py_ssize_t c, c0, q, k
     cdef Py_ssize_t stop = ncls - ncls % CHUNK
     cdef double total = 0.0, part
     if floating is float:
-        fastnn_exp_shifted_f32(&z[i, 0], &e_out[i, 0], ncls, zmax)
+        fastnn_exp_shifted_f32(z, e, ncls, zmax)
     else:
         for c in range(ncls):
-            e_out[i, c] = exp(z[i, c] - zmax)
+            e[c] = exp(z[c] - zmax)
     c0 = 0
     while c0 < stop:
         for k in range(LANES):
             s[k] = 0
         for q in range(CHUNK // LANES):
             for k in range(LANES):
-                s[k] += e_out[i, c0 + q * LANES + k]
+                s[k] += e[c0 + q * LANES + k]
         part = 0.0
         for k in range(LANES):
             part += s[k]
         total += part
         c0 += CHUNK
     for c in range(stop, ncls):
-        total += e_out[i, c]
+        total += e[c]
     return total
 
 
-cdef inline double _weighted_gap(const floating[:, ::1] z, const floating[::1] w,
-                                 bint weighted, Py_ssize_t i, double zmax) noexcept nogil:
-    """sum_c w_c (zmax - z_c): the smoothing term without log-sum-exp."""
-    cdef Py_ssize_t c, ncls = z.shape[1]
+cdef inline double _weighted_gap(const floating *z, const floating *w, Py_ssize_t ncls,
+                                 double zmax) noexcept nogil:
+    """sum_c w_c (zmax - z_c) (w NULL: all ones): the smoothing term without log-sum-exp."""
+    cdef Py_ssize_t c
     cdef double acc = 0.0
-    if weighted:
+    if w != NULL:
         for c in range(ncls):
-            acc += w[c] * (zmax - z[i, c])
+            acc += w[c] * (zmax - z[c])
     else:
         for c in range(ncls):
-            acc += zmax - z[i, c]
+            acc += zmax - z[c]
     return acc
 
 
-cdef double _ce_row(
-    const floating[:, ::1] logits,
-    const label_t[::1] labels,
-    const floating[::1] class_weight,
-    floating[:, ::1] grad_out,
-    Py_ssize_t i,
-    bint weighted,
+cdef inline double _ce_row(
+    const floating *z,
+    Py_ssize_t y,
+    const floating *w,
+    floating *g,
+    Py_ssize_t ncls,
     double smoothing,
     double weight_total,
     double inv_norm,
 ) noexcept nogil:
-    cdef Py_ssize_t c, ncls = logits.shape[1]
-    cdef Py_ssize_t y = labels[i]
-    cdef double zmax = _row_max(logits, i)
-    cdef double zy = logits[i, y]
-    cdef double wy = class_weight[y] if weighted else 1.0
+    """One row's weighted loss; writes the row's gradient to g (which may be z)."""
+    cdef Py_ssize_t c
+    cdef double zmax = _row_max(z, ncls)
+    cdef double zy = z[y]
+    cdef double wy = w[y] if w != NULL else 1.0
     cdef double s_c = smoothing / ncls
     cdef double gap = 0.0
-    cdef double lse, loss, a
+    cdef double total, lse, loss, a
     cdef floating fa, fb
     if smoothing != 0.0:
-        # Read all logits before the row of grad_out (which may alias them).
-        gap = _weighted_gap(logits, class_weight, weighted, i, zmax)
-    lse = log(_exp_row(logits, grad_out, i, <floating>zmax))  # log-sum-exp - zmax
+        # Read all logits before the gradient row (which may alias them).
+        gap = _weighted_gap(z, w, ncls, zmax)
+    total = _exp_row(z, g, ncls, <floating>zmax)  # sum(exp(z - zmax)) >= 1
+    lse = log(total)  # log-sum-exp - zmax
     loss = (1.0 - smoothing) * wy * (lse + zmax - zy)
     if smoothing != 0.0:
         loss += s_c * (weight_total * lse + gap)
     # grad_c = [(1-s) wy (p_c - [c == y]) + (s/C)(W p_c - w_c)] / norm,
-    # with p_c = e_c / sum(e) = e_c * exp(-lse).
-    a = ((1.0 - smoothing) * wy + s_c * weight_total) * inv_norm * exp(-lse)
+    # with p_c = e_c / total.
+    a = ((1.0 - smoothing) * wy + s_c * weight_total) * inv_norm / total
     fa = <floating>a
-    if smoothing != 0.0 and weighted:
+    if smoothing != 0.0 and w != NULL:
         for c in range(ncls):
-            grad_out[i, c] = <floating>(grad_out[i, c] * a - s_c * class_weight[c] * inv_norm)
+            g[c] = <floating>(g[c] * a - s_c * w[c] * inv_norm)
     else:
         fb = <floating>(s_c * inv_norm)
         for c in range(ncls):
-            grad_out[i, c] = grad_out[i, c] * fa - fb
-    grad_out[i, y] = <floating>(grad_out[i, y] - (1.0 - smoothing) * wy * inv_norm)
+            g[c] = g[c] * fa - fb
+    g[y] = <floating>(g[y] - (1.0 - smoothing) * wy * inv_norm)
     return loss
 
 
@@ -583,17 +587,18 @@ def softmax_cross_entropy(
     """
     cdef Py_ssize_t n = logits.shape[0], ncls = logits.shape[1]
     cdef Py_ssize_t i, c
-    cdef bint weighted = class_weight is not None
+    cdef const floating *w = NULL
     cdef double weight_total = ncls
     cdef double total = 0.0
     cdef bint threads = n * ncls >= PARALLEL_MIN_ELEMENTS and n > 1
-    if weighted:
+    if class_weight is not None:
+        w = &class_weight[0]
         weight_total = 0.0
         for c in range(ncls):
             weight_total += class_weight[c]
     for i in prange(n, nogil=True, schedule="static", use_threads_if=threads):
-        row_loss_out[i] = _ce_row(logits, labels, class_weight, grad_out, i,
-                                  weighted, label_smoothing, weight_total, inv_norm)
+        row_loss_out[i] = _ce_row(&logits[i, 0], labels[i], w, &grad_out[i, 0], ncls,
+                                  label_smoothing, weight_total, inv_norm)
     with nogil:
         for i in range(n):
             total += row_loss_out[i]
@@ -607,7 +612,8 @@ def softmax(const floating[:, ::1] logits, floating[:, ::1] out):
     cdef floating inv
     cdef bint threads = n * ncls >= PARALLEL_MIN_ELEMENTS and n > 1
     for i in prange(n, nogil=True, schedule="static", use_threads_if=threads):
-        inv = <floating>(1.0 / _exp_row(logits, out, i, <floating>_row_max(logits, i)))
+        inv = <floating>(1.0 / _exp_row(&logits[i, 0], &out[i, 0], ncls,
+                                         _row_max(&logits[i, 0], ncls)))
         for c in range(ncls):
             out[i, c] = out[i, c] * inv
 
@@ -645,7 +651,7 @@ def adam_update(
     cdef floating b1 = <floating>beta1, b2 = <floating>beta2
     cdef floating one_b1 = <floating>(1.0 - beta1), one_b2 = <floating>(1.0 - beta2)
     cdef floating step_size = <floating>(lr / bias_correction1)
-    cdef floating bc2_sqrt = <floating>sqrt(bias_correction2)
+    cdef floating inv_bc2_sqrt = <floating>(1.0 / sqrt(bias_correction2))
     cdef floating feps = <floating>eps
     cdef floating l2 = <floating>(0.0 if decoupled else weight_decay)
     cdef floating shrink = <floating>(1.0 - lr * weight_decay if decoupled else 1.0)
@@ -661,7 +667,7 @@ def adam_update(
             v[i] = vi
             if vi > v_max[i]:
                 v_max[i] = vi
-            param[i] = p * shrink - step_size * (mi / (_sqrt(v_max[i]) / bc2_sqrt + feps))
+            param[i] = p * shrink - step_size * (mi / (_sqrt(v_max[i]) * inv_bc2_sqrt + feps))
     elif weight_decay == 0.0:
         for i in prange(n, nogil=True, schedule="static", use_threads_if=threads):
             g = grad[i]
@@ -669,7 +675,7 @@ def adam_update(
             vi = b2 * v[i] + one_b2 * g * g
             m[i] = mi
             v[i] = vi
-            param[i] = param[i] - step_size * (mi / (_sqrt(vi) / bc2_sqrt + feps))
+            param[i] = param[i] - step_size * (mi / (_sqrt(vi) * inv_bc2_sqrt + feps))
     else:
         for i in prange(n, nogil=True, schedule="static", use_threads_if=threads):
             p = param[i]
@@ -678,7 +684,7 @@ def adam_update(
             vi = b2 * v[i] + one_b2 * g * g
             m[i] = mi
             v[i] = vi
-            param[i] = p * shrink - step_size * (mi / (_sqrt(vi) / bc2_sqrt + feps))
+            param[i] = p * shrink - step_size * (mi / (_sqrt(vi) * inv_bc2_sqrt + feps))
 
 
 def sgd_update(
