@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 import sysconfig
+import tempfile
 import textwrap
 from pathlib import Path
 
@@ -18,11 +19,21 @@ import fastnn
 from fastnn import cli, ops
 
 
-def _run(code: str, env=None, cwd=None) -> subprocess.CompletedProcess:
+# Subprocesses start outside the checkout: `python -c` and `python -m` put the working
+# directory first on sys.path, where the source tree's fastnn/ (not built) would shadow the
+# installed package.
+NEUTRAL_DIR = tempfile.gettempdir()
+
+
+def _python(*args, env=None, cwd=None) -> subprocess.CompletedProcess:
     full_env = dict(os.environ)
     full_env.update(env or {})
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
-                          text=True, env=full_env, cwd=cwd, timeout=120)
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True,
+                          env=full_env, cwd=cwd or NEUTRAL_DIR, timeout=120)
+
+
+def _run(code: str, env=None, cwd=None) -> subprocess.CompletedProcess:
+    return _python("-c", textwrap.dedent(code), env=env, cwd=cwd)
 
 
 def test_cython_backend_is_loaded():
@@ -108,15 +119,13 @@ def test_info_lines_report_build_and_blas():
 
 
 def test_python_m_fastnn_info():
-    done = subprocess.run([sys.executable, "-m", "fastnn", "info"], capture_output=True,
-                          text=True, timeout=120)
+    done = _python("-m", "fastnn", "info")
     assert done.returncode == 0, done.stderr
     assert "active backend: cython" in done.stdout
 
 
 def test_cli_bad_command_exits_2_with_one_line():
-    done = subprocess.run([sys.executable, "-m", "fastnn", "frobnicate"], capture_output=True,
-                          text=True, timeout=120)
+    done = _python("-m", "fastnn", "frobnicate")
     assert done.returncode == 2
     assert done.stderr.count("\n") == 1 and "invalid choice" in done.stderr
     assert "Traceback" not in done.stderr
@@ -129,7 +138,8 @@ def test_console_script_installed():
         pytest.skip("fastnn runs from a source tree here; the console script needs pip install")
     script = shutil.which("fastnn", path=str(Path(sys.executable).parent))
     assert script is not None
-    done = subprocess.run([script, "info"], capture_output=True, text=True, timeout=120)
+    done = subprocess.run([script, "info"], capture_output=True, text=True, timeout=120,
+                          cwd=NEUTRAL_DIR)
     assert done.returncode == 0 and "fastnn" in done.stdout
 
 
