@@ -3,7 +3,8 @@
 The numerical kernels (batch normalisation, fused softmax cross-entropy,
 optimizer updates) are compiled Cython under a validated entry point,
 :mod:`fastnn.ops`; a pure-NumPy twin of every kernel is the reference and a
-selectable backend.
+selectable backend. On top: layers, :class:`Sequential` with a Keras-like
+``fit``, optimizers, learning-rate schedules, callbacks and save/load.
 
 >>> import fastnn
 >>> fastnn.get_backend() in fastnn.available_backends()
@@ -16,11 +17,25 @@ from . import ops
 from ._version import __version__
 from .ops import available_backends, backend, get_backend, set_backend
 
+# The model layer imports ops; keep these after it.
+from . import callbacks, layers, losses, optimizers, schedules  # noqa: E402
+from .callbacks import History  # noqa: E402
+from .model import Sequential  # noqa: E402
+from .serialization import load  # noqa: E402
+
 __all__ = [
+    "History",
+    "Sequential",
     "__version__",
     "available_backends",
     "backend",
+    "callbacks",
     "get_backend",
+    "layers",
+    "load",
+    "losses",
     "ops",
+    "optimizers",
+    "schedules",
     "set_backend",
 ]

@@ -1,0 +1,492 @@
+"""Sequential: a stack of layers over one flat parameter buffer.
+
+The model owns three flat buffers (parameters, their gradients, and
+non-trainable state such as BatchNorm running statistics); every layer's
+weights are views into them, so one optimizer call updates all parameters in
+one fused pass. Training is :meth:`Sequential.fit` (see :mod:`fastnn.trainer`);
+inference folds each BatchNorm into the Dense layer before it (one matmul).
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+import numpy as np
+
+from . import layers as layers_mod
+from . import losses as losses_mod
+from .layers import BatchNorm, Dense, Dropout, Layer, Softmax
+
+__all__ = ["Sequential"]
+
+_DTYPES = {"float32": np.dtype(np.float32), "float64": np.dtype(np.float64)}
+_PREDICT_CHUNK = 4096  # rows per inference chunk: bounded memory for any X
+
+
+def _model_dtype(dtype) -> np.dtype:
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        dt = None
+    if dt is None or dt.name not in _DTYPES:
+        raise TypeError(f"dtype must be 'float32' or 'float64'; got {dtype!r}")
+    return _DTYPES[dt.name]
+
+
+def check_features(name: str, X, n_features: int | None, dtype: np.dtype) -> np.ndarray:
+    """X as a finite C-contiguous 2-D array of the model's dtype (cast once if needed)."""
+    if X is None:
+        raise ValueError(f"{name} is required; got None")
+    arr = np.asarray(X)
+    if arr.dtype.kind not in "biuf":
+        raise TypeError(f"{name} must be numeric; got dtype {arr.dtype}")
+    if arr.ndim != 2:
+        raise ValueError(f"{name} must be 2-D (samples, features); got shape {arr.shape}")
+    if arr.shape[0] == 0:
+        raise ValueError(f"{name} is empty: got shape {arr.shape}")
+    if n_features is not None and arr.shape[1] != n_features:
+        raise ValueError(f"{name} has {arr.shape[1]} features; the model expects {n_features}")
+    # The one cast of the data to the model's dtype (float64 data into a float32 model is
+    # rounded here, once; nothing is promoted later).
+    arr = np.ascontiguousarray(arr, dtype=dtype)
+    if not np.isfinite(arr).all():
+        bad = np.argwhere(~np.isfinite(arr))[0]
+        raise ValueError(f"{name} contains NaN or inf (first at row {bad[0]}, column {bad[1]})")
+    return arr
+
+
+class Sequential:
+    """A feed-forward network: layers applied in order.
+
+    Parameters
+    ----------
+    layers : list of Layer
+    input_dim : int, optional
+        Number of input features; the model builds now if given, else on the first ``fit``.
+    dtype : "float32" or "float64"
+        The dtype of parameters, activations and gradients, end to end.
+    seed : int, optional
+        Seeds parameter initialisation (and, unless ``fit`` gets its own, shuffling and dropout).
+    loss : Loss or str, optional
+        Default: softmax cross-entropy if the last layer is :class:`~fastnn.layers.Softmax`,
+        else mean squared error. A final Softmax is fused into the cross-entropy kernel.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import fastnn
+    >>> from fastnn.layers import Dense, BatchNorm, ReLU, Softmax
+    >>> model = fastnn.Sequential([Dense(16), BatchNorm(), ReLU(), Dense(3), Softmax()],
+    ...                           input_dim=4, seed=0)
+    >>> model.n_params  # 4*16 (no bias before BatchNorm) + 2*16 + 16*3 + 3
+    147
+    """
+
+    def __init__(self, layers, input_dim: int | None = None, dtype="float32",
+                 seed: int | None = None, loss=None) -> None:
+        layers = list(layers)
+        if not layers:
+            raise ValueError("layers must not be empty")
+        for i, layer in enumerate(layers):
+            if not isinstance(layer, Layer):
+                raise TypeError(f"layers[{i}] must be a fastnn.layers.Layer; got "
+                                f"{type(layer).__name__}")
+        if len({id(layer) for layer in layers}) != len(layers):
+            raise ValueError("a layer instance appears twice in layers; create one per position")
+        if not any(isinstance(layer, Dense) for layer in layers):
+            raise ValueError("layers must contain at least one Dense layer")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)
+                                 or seed < 0):
+            raise ValueError(f"seed must be a non-negative integer or None; got {seed!r}")
+        self.layers = layers
+        self.dtype = _model_dtype(dtype)
+        self.seed = None if seed is None else int(seed)
+        if loss is None:
+            loss = "cross_entropy" if isinstance(layers[-1], Softmax) else "mse"
+        self.loss = losses_mod.get(loss)
+        self.optimizer = None
+        self.history = None
+        self.epochs_trained = 0
+        self.train_seed: int | None = None
+        self.classes_: np.ndarray | None = None
+        self.stop_training = False
+        self.input_dim: int | None = None
+        self.output_dim: int | None = None
+        self._params = self._grads = self._states = None
+        if input_dim is not None:
+            self.build(input_dim)
+
+    # ------------------------------------------------------------------------------------
+    # Construction
+    # ------------------------------------------------------------------------------------
+
+    @property
+    def built(self) -> bool:
+        return self._params is not None
+
+    @property
+    def fused_softmax(self) -> bool:
+        """True if training skips the final Softmax (cross-entropy takes logits)."""
+        return isinstance(self.loss, losses_mod.SoftmaxCrossEntropy) and isinstance(
+            self.layers[-1], Softmax)
+
+    @property
+    def _train_layers(self) -> list[Layer]:
+        return self.layers[:-1] if self.fused_softmax else self.layers
+
+    def build(self, input_dim: int) -> Sequential:
+        """Create the flat buffers for ``input_dim`` features and initialise the parameters."""
+        if isinstance(input_dim, bool) or not isinstance(input_dim, numbers.Integral) \
+                or input_dim < 1:
+            raise ValueError(f"input_dim must be an integer >= 1; got {input_dim!r}")
+        dim = int(input_dim)
+        for i, layer in enumerate(self.layers):
+            following = self.layers[i + 1] if i + 1 < len(self.layers) else None
+            dim = layer.build(dim, self.dtype, following)
+        self.input_dim, self.output_dim = int(input_dim), dim
+        n_params = sum(layer.n_params for layer in self.layers)
+        n_states = sum(math.prod(s) for layer in self.layers for s in layer.states.values())
+        self._params = np.zeros(n_params, self.dtype)
+        self._grads = np.zeros(n_params, self.dtype)
+        self._states = np.zeros(n_states, self.dtype)
+        p_off = s_off = 0
+        for layer in self.layers:
+            params, grads, states = {}, {}, {}
+            for name, shape in layer.params.items():
+                size = math.prod(shape)
+                params[name] = self._params[p_off:p_off + size].reshape(shape)
+                grads[name] = self._grads[p_off:p_off + size].reshape(shape)
+                p_off += size
+            for name, shape in layer.states.items():
+                size = math.prod(shape)
+                states[name] = self._states[s_off:s_off + size].reshape(shape)
+                s_off += size
+            layer.bind(params, grads, states)
+        rng = np.random.default_rng(self.seed)
+        for layer in self.layers:
+            layer.initialize(rng)
+        return self
+
+    @property
+    def n_params(self) -> int:
+        if not self.built:
+            raise RuntimeError("the model is not built yet: pass input_dim or call fit")
+        return int(self._params.size)
+
+    # ------------------------------------------------------------------------------------
+    # Forward and backward over the training layers
+    # ------------------------------------------------------------------------------------
+
+    def _forward(self, x: np.ndarray, rng) -> np.ndarray:
+        for layer in self._train_layers:
+            x = layer.forward(x, True, rng)
+        return x
+
+    def _backward(self, dout: np.ndarray) -> None:
+        train_layers = self._train_layers
+        for i in range(len(train_layers) - 1, -1, -1):
+            dout = train_layers[i].backward(dout, need_dx=i > 0)
+
+    def _output_grad_buffer(self, n: int) -> np.ndarray:
+        return self.layers[-1]._buffer("loss_grad", (n, self._train_layers[-1].output_dim))
+
+    # ------------------------------------------------------------------------------------
+    # Inference: BatchNorm folded into the preceding Dense
+    # ------------------------------------------------------------------------------------
+
+    def _inference_plan(self, logits: bool = False) -> list[tuple]:
+        """Steps of the eval-mode forward: ("affine", W, b), ("scale", a, b), ("layer", L).
+
+        Each Dense followed by a BatchNorm becomes one affine map (computed in float64,
+        then cast): ``W' = W * scale``, ``b' = b * scale + shift`` with the BatchNorm's
+        ``scale = gamma / sqrt(running_var + eps)``, ``shift = beta - running_mean * scale``.
+        With ``logits=True`` a fused final Softmax is left out.
+        """
+        layers = self._train_layers if logits else self.layers
+        steps, i = [], 0
+        while i < len(layers):
+            layer = layers[i]
+            if isinstance(layer, Dense):
+                kernel = layer.p["kernel"].astype(np.float64)
+                bias = (layer.p["bias"].astype(np.float64) if layer.has_bias
+                        else np.zeros(layer.units))
+                if i + 1 < len(layers) and isinstance(layers[i + 1], BatchNorm):
+                    scale, shift = layers[i + 1].scale_shift()
+                    kernel, bias = kernel * scale, bias * scale + shift
+                    i += 1
+                steps.append(("affine", kernel.astype(self.dtype), bias.astype(self.dtype)))
+            elif isinstance(layer, BatchNorm):
+                scale, shift = layer.scale_shift()
+                steps.append(("scale", scale.astype(self.dtype), shift.astype(self.dtype)))
+            elif not isinstance(layer, Dropout):
+                steps.append(("layer", layer))
+            i += 1
+        return steps
+
+    def _infer(self, X: np.ndarray, *, logits: bool = False, fold: bool = True) -> np.ndarray:
+        """Eval-mode outputs, chunk by chunk (``logits``: without a fused final Softmax).
+
+        ``fold=False`` runs the layers one by one instead (BatchNorm unfolded): the same
+        result within float tolerance, kept for testing the folded path.
+        """
+        width = self._train_layers[-1].output_dim if logits else self.output_dim
+        out = np.empty((X.shape[0], width), self.dtype)
+        plan = self._inference_plan(logits) if fold else [
+            ("layer", layer) for layer in (self._train_layers if logits else self.layers)]
+        for start in range(0, X.shape[0], _PREDICT_CHUNK):
+            h = X[start:start + _PREDICT_CHUNK]
+            for kind, *args in plan:
+                if kind == "affine":
+                    h = h @ args[0]
+                    h += args[1]
+                elif kind == "scale":
+                    h = h * args[0]
+                    h += args[1]
+                else:
+                    h = args[0].forward(h, False)
+            out[start:start + _PREDICT_CHUNK] = h
+        return out
+
+    def _require_built(self) -> None:
+        if not self.built:
+            raise RuntimeError("the model is not built yet: call fit (or pass input_dim) first")
+
+    def predict_proba(self, X) -> np.ndarray:
+        """Class probabilities, shape (n, n_classes), eval mode (running BatchNorm statistics)."""
+        self._require_built()
+        if not self.loss.classification:
+            raise TypeError("predict_proba needs a classifier (a cross-entropy loss); "
+                            "this model is a regressor: use predict")
+        X = check_features("X", X, self.input_dim, self.dtype)
+        out = self._infer(X)
+        if not isinstance(self.layers[-1], Softmax):
+            from . import ops
+            out = ops.softmax(out, out=out)
+        return out
+
+    def predict(self, X) -> np.ndarray:
+        """Predicted labels (classifier: in the labels' original values) or outputs (regressor)."""
+        self._require_built()
+        if self.loss.classification:
+            probs = self.predict_proba(X)
+            index = np.argmax(probs, axis=1)
+            return index if self.classes_ is None else self.classes_[index]
+        X = check_features("X", X, self.input_dim, self.dtype)
+        out = self._infer(X)
+        return out[:, 0] if out.shape[1] == 1 and self._targets_1d else out
+
+    _targets_1d = True
+
+    def evaluate(self, X, y, *, sample_weight=None) -> dict:
+        """Loss (and accuracy for a classifier) in eval mode: ``{"loss": ..., "accuracy": ...}``."""
+        self._require_built()
+        X = check_features("X", X, self.input_dim, self.dtype)
+        targets, _, _ = self._encode_targets(y, X.shape[0], output_dim=self.output_dim,
+                                             classes=self.classes_)
+        weights = _check_sample_weight(sample_weight, X.shape[0])
+        return self._evaluate_arrays(X, targets, weights)
+
+    def _evaluate_arrays(self, X, targets, weights) -> dict:
+        logits = self._infer(X, logits=True)
+        grad = np.empty_like(logits)
+        loss = self.loss(logits, targets, grad, sample_weight=weights)
+        result = {"loss": float(loss)}
+        if self.loss.classification:
+            correct = np.argmax(logits, axis=1) == targets
+            result["accuracy"] = float(np.average(correct, weights=weights))
+        return result
+
+    # ------------------------------------------------------------------------------------
+    # Labels
+    # ------------------------------------------------------------------------------------
+
+    def static_output_dim(self) -> int:
+        """The output width, known before building: the last Dense layer's units."""
+        return next(layer.units for layer in reversed(self.layers) if isinstance(layer, Dense))
+
+    def _encode_targets(self, y, n: int, *, output_dim: int, classes=None, name: str = "y"):
+        """(targets, classes, targets_1d) without changing the model.
+
+        A classifier's targets are int64 class indices; ``classes`` maps them back to the
+        labels (new if None: integer labels in [0, outputs) map to themselves, any other
+        labels must name exactly one class per output). A regressor's targets are a
+        float (n, outputs) array.
+        """
+        if y is None:
+            raise ValueError(f"{name} is required; got None")
+        y = np.asarray(y)
+        if y.shape[0:1] != (n,):
+            raise ValueError(f"{name} must have {n} entries (one per row of X); got shape "
+                             f"{y.shape}")
+        if not self.loss.classification:
+            if y.dtype.kind not in "biuf":
+                raise TypeError(f"{name} must be numeric for a regressor; got dtype {y.dtype}")
+            targets = np.ascontiguousarray(y, dtype=self.dtype)
+            width = 1 if targets.ndim == 1 else targets.shape[1]
+            if targets.ndim > 2 or width != output_dim:
+                raise ValueError(f"{name} must have shape ({n},) or ({n}, {output_dim}) for a "
+                                 f"model with {output_dim} outputs; got {y.shape}")
+            if not np.isfinite(targets).all():
+                raise ValueError(f"{name} contains NaN or inf")
+            return targets.reshape(n, width), None, targets.ndim == 1
+        if y.ndim != 1:
+            raise ValueError(f"{name} must be 1-D class labels; got shape {y.shape}")
+        if y.dtype.kind == "f":
+            if not np.all(np.isfinite(y)) or not np.all(y == np.round(y)):
+                raise ValueError(f"{name} has non-integer float labels; pass class labels")
+            y = y.astype(np.int64)
+        if classes is None:
+            classes = self._classes_for(y, output_dim, name)
+        if classes.dtype.kind in "iu" and np.array_equal(classes, np.arange(classes.size)):
+            if y.dtype.kind not in "iu":
+                raise ValueError(f"{name} has labels of dtype {y.dtype}; this model's classes "
+                                 f"are 0..{classes.size - 1}")
+            targets = y.astype(np.int64)
+            bad = (targets < 0) | (targets >= classes.size)
+            if bad.any():
+                raise ValueError(f"{name} has label {targets[bad][0]!r} outside this model's "
+                                 f"classes 0..{classes.size - 1}")
+            return targets, classes, True
+        try:
+            index = np.minimum(np.searchsorted(classes, y), classes.size - 1)
+            known = classes[index] == y
+        except TypeError:
+            raise ValueError(f"{name} has labels of dtype {y.dtype}; this model's classes are "
+                             f"{classes.tolist()}") from None
+        if not np.all(known):
+            raise ValueError(f"{name} has label {y[~known][0]!r} not among this model's "
+                             f"classes {classes.tolist()}")
+        return index.astype(np.int64), classes, True
+
+    @staticmethod
+    def _classes_for(y: np.ndarray, n_out: int, name: str) -> np.ndarray:
+        if y.dtype.kind in "iu" and y.size and y.min() >= 0 and y.max() < n_out:
+            return np.arange(n_out)
+        classes = np.unique(y)
+        if classes.size > n_out:
+            raise ValueError(f"{name} has {classes.size} classes but the model has only "
+                             f"{n_out} outputs")
+        if classes.size < n_out:
+            raise ValueError(
+                f"{name} has {classes.size} classes ({classes.tolist()[:10]}) for a model with "
+                f"{n_out} outputs: labels other than 0..{n_out - 1} must name exactly one "
+                f"class per output")
+        return classes
+
+    # ------------------------------------------------------------------------------------
+    # Training
+    # ------------------------------------------------------------------------------------
+
+    def fit(self, X, y, epochs: int = 1, batch_size: int = 32, optimizer=None,
+            validation_data=None, validation_split: float = 0.0, shuffle: bool = True,
+            seed: int | None = None, callbacks=None, verbose: int = 1, sample_weight=None):
+        """Train for ``epochs`` more epochs; returns a :class:`~fastnn.callbacks.History`.
+
+        See :func:`fastnn.trainer.fit` for every argument. Calling ``fit`` again continues
+        from where the last call stopped: same optimizer and its state, epoch count, seed.
+        """
+        from .trainer import fit
+
+        return fit(self, X, y, epochs=epochs, batch_size=batch_size, optimizer=optimizer,
+                   validation_data=validation_data, validation_split=validation_split,
+                   shuffle=shuffle, seed=seed, callbacks=callbacks, verbose=verbose,
+                   sample_weight=sample_weight)
+
+    # ------------------------------------------------------------------------------------
+    # Weights, summary, saving
+    # ------------------------------------------------------------------------------------
+
+    def get_weights(self) -> list[np.ndarray]:
+        """Copies in Keras order: per layer, Dense kernel (in, out) then bias if present;
+        BatchNorm gamma, beta, running mean, running variance."""
+        self._require_built()
+        out = []
+        for layer in self.layers:
+            out += [layer.p[name].copy() for name in layer.params]
+            out += [layer.s[name].copy() for name in layer.states]
+        return out
+
+    def set_weights(self, weights) -> None:
+        """Set all weights from a list in :meth:`get_weights` order (shapes must match)."""
+        self._require_built()
+        targets = []
+        for layer in self.layers:
+            targets += [(f"{type(layer).__name__}.{n}", layer.p[n]) for n in layer.params]
+            targets += [(f"{type(layer).__name__}.{n}", layer.s[n]) for n in layer.states]
+        weights = list(weights)
+        if len(weights) != len(targets):
+            raise ValueError(f"set_weights needs {len(targets)} arrays; got {len(weights)}")
+        arrays = []
+        for i, ((name, target), w) in enumerate(zip(targets, weights, strict=True)):
+            w = np.asarray(w)
+            if w.shape != target.shape:
+                raise ValueError(f"weights[{i}] ({name}) must have shape {target.shape}; got "
+                                 f"{w.shape}")
+            if w.dtype.kind not in "biuf" or not np.all(np.isfinite(w)):
+                raise ValueError(f"weights[{i}] ({name}) must be finite numbers")
+            arrays.append(w)
+        for (_, target), w in zip(targets, arrays, strict=True):
+            target[...] = w  # only after every array was checked: all or nothing
+
+    def summary(self, print_fn=print) -> str:
+        """Print (and return) a table of layers, output shapes and parameter counts."""
+        self._require_built()
+        rows = [("Layer", "Output shape", "Params", "Notes")]
+        for i, layer in enumerate(self.layers):
+            rows.append((f"{i}: {type(layer).__name__}", f"(None, {layer.output_dim})",
+                         f"{layer.n_params:,}", layer.describe()))
+        widths = [max(len(r[c]) for r in rows) for c in range(4)]
+        lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip()
+                 for r in rows]
+        rule = "-" * max(len(line) for line in lines)
+        loss_note = type(self.loss).__name__ + (" (fused with the final Softmax)"
+                                                if self.fused_softmax else "")
+        text = "\n".join([f"Sequential: {self.input_dim} inputs, {self.dtype.name}", rule,
+                          lines[0], rule, *lines[1:], rule,
+                          f"Total params: {self.n_params:,}  "
+                          f"(non-trainable state: {self._states.size:,})",
+                          f"Loss: {loss_note}"])
+        if print_fn is not None:
+            print_fn(text)
+        return text
+
+    def save(self, path) -> None:
+        """Save the model (and optimizer state, epoch, history) atomically; see fastnn.load."""
+        from .serialization import save_model
+
+        save_model(self, path)
+
+    def get_config(self) -> dict:
+        return {
+            "layers": [{"class": type(layer).__name__, "config": layer.get_config()}
+                       for layer in self.layers],
+            "input_dim": self.input_dim,
+            "dtype": self.dtype.name,
+            "seed": self.seed,
+            "loss": self.loss.get_config(),
+        }
+
+    @classmethod
+    def from_config(cls, config: dict) -> Sequential:
+        layers = [layers_mod.from_config(spec) for spec in config["layers"]]
+        return cls(layers, input_dim=config.get("input_dim"), dtype=config["dtype"],
+                   seed=config.get("seed"), loss=losses_mod.from_config(config["loss"]))
+
+    def __repr__(self) -> str:
+        inner = ", ".join(repr(layer) for layer in self.layers)
+        return f"Sequential([{inner}], input_dim={self.input_dim}, dtype={self.dtype.name!r})"
+
+
+def _check_sample_weight(sample_weight, n: int):
+    if sample_weight is None:
+        return None
+    w = np.asarray(sample_weight, dtype=np.float64)
+    if w.shape != (n,):
+        raise ValueError(f"sample_weight must have shape ({n},); got {w.shape}")
+    if not np.all(np.isfinite(w)) or np.any(w < 0):
+        raise ValueError("sample_weight must be finite and non-negative")
+    if not np.any(w > 0):
+        raise ValueError("sample_weight is zero everywhere")
+    return np.ascontiguousarray(w)
+
