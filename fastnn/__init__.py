@@ -13,15 +13,12 @@ True
 
 from __future__ import annotations
 
-from . import ops
+from . import callbacks, datasets, layers, losses, ops, optimizers, schedules
 from ._version import __version__
+from .callbacks import History
+from .model import Sequential
 from .ops import available_backends, backend, get_backend, set_backend
-
-# The model layer imports ops; keep these after it.
-from . import callbacks, layers, losses, optimizers, schedules  # noqa: E402
-from .callbacks import History  # noqa: E402
-from .model import Sequential  # noqa: E402
-from .serialization import load  # noqa: E402
+from .serialization import load
 
 __all__ = [
     "History",
@@ -30,6 +27,7 @@ __all__ = [
     "available_backends",
     "backend",
     "callbacks",
+    "datasets",
     "get_backend",
     "layers",
     "load",

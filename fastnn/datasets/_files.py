@@ -1,0 +1,569 @@
+"""Loading (X, y) from files: NumPy .npz, CSV (plain or gzip) and MNIST's IDX format.
+
+Nothing here unpickles or evaluates anything: ``.npz`` files are read with
+``allow_pickle=False``, text is parsed with :func:`float`, and binary formats
+with :mod:`struct` and :func:`numpy.frombuffer`. Every problem with a file is a
+:class:`ValueError` whose message starts with the file's path as given.
+"""
+
+from __future__ import annotations
+
+import array
+import csv
+import gzip
+import io
+import math
+import os
+import re
+import struct
+import zipfile
+import zlib
+from pathlib import Path
+
+import numpy as np
+from numpy.typing import DTypeLike
+
+from . import _checks
+
+__all__ = ["load", "load_csv", "load_idx", "load_npz"]
+
+_GZIP_MAGIC = b"\x1f\x8b"
+_ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")  # a zip with members; an empty zip
+_NPY_MAGIC = b"\x93NUMPY"
+_INT64_MAX = np.iinfo(np.int64).max
+
+
+def _read_bytes(path: object, name: str) -> tuple[str, bytes]:
+    """(path as text for messages, the file's bytes, gunzipped if they are gzip)."""
+    resolved = _checks.file_path(path, name)
+    label = os.fspath(path)
+    data = resolved.read_bytes()
+    if data[:2] == _GZIP_MAGIC:
+        try:
+            data = gzip.decompress(data)
+        except (OSError, EOFError, zlib.error) as exc:  # BadGzipFile is an OSError
+            raise ValueError(f"{label}: not a valid gzip file (truncated or corrupt: {exc})"
+                             ) from None
+    return label, data
+
+
+def _key(value: object, name: str) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be a str; got {type(value).__name__}")
+    return value
+
+
+# --------------------------------------------------------------------------
+# .npz
+# --------------------------------------------------------------------------
+
+
+def _npz_member(archive, key: str, label: str) -> np.ndarray:
+    """One array of an open NpzFile, with every failure turned into a ValueError."""
+    try:
+        value = archive[key]
+    except ValueError as exc:
+        if "pickle" in str(exc).lower():
+            raise ValueError(
+                f"{label}: array {key!r} holds Python objects (an object array, stored as a "
+                f"pickle); pickled data is refused (fastnn never loads with allow_pickle=True). "
+                f"Save a numeric X and integer or string labels."
+            ) from None
+        raise ValueError(f"{label}: array {key!r} is corrupt ({exc})") from None
+    except (zipfile.BadZipFile, OSError, EOFError, zlib.error) as exc:
+        raise ValueError(f"{label}: array {key!r} cannot be read; the file is truncated or "
+                         f"corrupt ({exc})") from None
+    if not isinstance(value, np.ndarray):
+        raise ValueError(f"{label}: member {key!r} is not a .npy array")
+    return value
+
+
+def load_npz(path: str | os.PathLike, *, x_key: str = "X", y_key: str = "y",
+             dtype: DTypeLike = "float32") -> tuple[np.ndarray, np.ndarray]:
+    """Load features and labels from a NumPy ``.npz`` archive, safely.
+
+    The archive is read with ``allow_pickle=False``: an array of Python objects
+    (which NumPy stores as a pickle) is refused with a ValueError, never
+    unpickled.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The ``.npz`` file, as written by :func:`numpy.savez` or
+        :func:`numpy.savez_compressed`.
+    x_key, y_key : str, optional
+        The names of the feature and the label arrays in the archive.
+    dtype : {"float32", "float64"}, optional
+        The dtype ``X`` is cast to.
+
+    Returns
+    -------
+    X : ndarray of shape (n, d), ``dtype``
+        The features: the stored array must be 2-D, with ``n, d >= 1``, and of
+        an integer or floating dtype. NaN and infinite values are loaded as
+        they are (``Sequential.fit`` rejects them).
+    y : ndarray of shape (n,)
+        The labels: must be 1-D with one label per row of ``X``. Integer labels
+        are returned as int64; any other labels (floats, strings, ...) as
+        stored.
+
+    Raises
+    ------
+    FileNotFoundError
+        ``path`` does not exist.
+    ValueError
+        Not a zip archive (or a truncated one); ``x_key`` or ``y_key`` missing
+        (the message lists the arrays the file holds); pickled data; wrong
+        shapes or dtypes.
+
+    Examples
+    --------
+    >>> import os, tempfile
+    >>> import numpy as np
+    >>> from fastnn.datasets import load_npz
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     path = os.path.join(tmp, "toy.npz")
+    ...     np.savez(path, X=np.arange(6).reshape(3, 2), y=np.array([0, 1, 1], np.uint8))
+    ...     X, y = load_npz(path)
+    >>> X
+    array([[0., 1.],
+           [2., 3.],
+           [4., 5.]], dtype=float32)
+    >>> y
+    array([0, 1, 1])
+    """
+    resolved = _checks.file_path(path, "path")
+    label = os.fspath(path)
+    x_key = _key(x_key, "x_key")
+    y_key = _key(y_key, "y_key")
+    dtype = _checks.float_dtype(dtype, "dtype")
+
+    with open(resolved, "rb") as handle:
+        head = handle.read(len(_NPY_MAGIC))
+    if head.startswith(_NPY_MAGIC):
+        raise ValueError(f"{label}: is a single .npy array, not an .npz archive; save X and y "
+                         f"together with np.savez(path, X=X, y=y)")
+    if not head.startswith(_ZIP_MAGICS):
+        raise ValueError(f"{label}: not an .npz file (a zip archive of .npy arrays): it starts "
+                         f"with the bytes {head[:4]!r}; expected {_ZIP_MAGICS[0]!r}")
+    try:
+        archive = np.load(resolved, allow_pickle=False)
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
+        raise ValueError(f"{label}: not a valid .npz file (truncated or corrupt zip archive: "
+                         f"{exc})") from None
+    with archive:
+        present = list(archive.files)
+        for name, key in (("x_key", x_key), ("y_key", y_key)):
+            if key not in present:
+                held = ", ".join(repr(k) for k in present) if present else "no arrays"
+                raise ValueError(f"{label}: has no array {key!r} ({name}={key!r}); the file "
+                                 f"holds {held}")
+        X = _npz_member(archive, x_key, label)
+        y = _npz_member(archive, y_key, label)
+
+    if X.ndim != 2:
+        raise ValueError(f"{label}: array {x_key!r} must be 2-D (samples x features); "
+                         f"got shape {X.shape}")
+    if X.dtype.kind not in "iuf":
+        raise ValueError(f"{label}: array {x_key!r} must hold integers or floats; "
+                         f"got dtype {X.dtype}")
+    if X.shape[0] == 0 or X.shape[1] == 0:
+        raise ValueError(f"{label}: array {x_key!r} must have at least one row and one "
+                         f"column; got shape {X.shape}")
+    if y.ndim != 1:
+        raise ValueError(f"{label}: array {y_key!r} must be 1-D (one label per row); "
+                         f"got shape {y.shape}")
+    if y.shape[0] != X.shape[0]:
+        raise ValueError(f"{label}: array {y_key!r} has {y.shape[0]} labels; expected "
+                         f"{X.shape[0]}, one per row of {x_key!r}")
+    if y.dtype.kind in "iu":
+        if y.dtype.kind == "u" and y.dtype.itemsize == 8 and int(y.max()) > _INT64_MAX:
+            raise ValueError(f"{label}: array {y_key!r} has labels above the int64 range")
+        y = y.astype(np.int64)
+    return np.ascontiguousarray(X, dtype=dtype), y
+
+
+# --------------------------------------------------------------------------
+# CSV
+# --------------------------------------------------------------------------
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _rows(text: str, delimiter: str | None):
+    """(line number, fields) for each non-blank row of ``text``."""
+    stream = io.StringIO(text, newline="")
+    if delimiter is None:
+        for number, line in enumerate(stream, start=1):
+            fields = line.split()
+            if fields:
+                yield number, fields
+        return
+    reader = csv.reader(stream, delimiter=delimiter)
+    start = 1
+    for fields in reader:
+        if fields and not (len(fields) == 1 and not fields[0].strip()):
+            yield start, fields
+        start = reader.line_num + 1
+
+
+def _labels_array(labels: list[str]) -> np.ndarray:
+    """int64 if every label is an integer-valued number, float64 if all numbers, else str."""
+    try:
+        values = np.array([float(s) for s in labels], dtype=np.float64)
+    except ValueError:
+        return np.array(labels, dtype=str)
+    if (np.all(np.isfinite(values)) and np.all(values == np.round(values))
+            and np.all(np.abs(values) < 2.0**63)):
+        return values.astype(np.int64)
+    return values
+
+
+def load_csv(path: str | os.PathLike, *, label_column: int = -1, delimiter: str | None = ",",
+             header: bool | str = "auto", dtype: DTypeLike = "float32"
+             ) -> tuple[np.ndarray, np.ndarray]:
+    """Load features and labels from a delimited text file, plain or gzip-compressed.
+
+    One sample a row: every column is a feature except ``label_column``.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The file; UTF-8 text (a byte-order mark is ignored). If its first
+        bytes are the gzip magic number it is decompressed first, whatever
+        its name (so ``data.csv.gz`` works).
+    label_column : int, optional
+        The column of the labels, counted from 0; negative counts from the
+        end (the default, -1, is the last column).
+    delimiter : str or None, optional
+        A single character separating the fields (quotes work as in the
+        :mod:`csv` module). None: any run of whitespace.
+    header : {"auto", True, False}, optional
+        Whether the first non-blank row holds column names (and is skipped).
+        "auto": it does if at least one of its feature fields (all but the
+        label column) is neither empty nor a number. A header of numbers
+        needs ``header=True``.
+    dtype : {"float32", "float64"}, optional
+        The dtype of ``X``.
+
+    Returns
+    -------
+    X : ndarray of shape (n, d), ``dtype``
+        The features. Each field must parse with Python's :func:`float`
+        (surrounding spaces are fine; an empty field is an error). ``nan``,
+        ``inf`` and ``-inf`` are loaded as they are, not refused here
+        (``Sequential.fit`` rejects them).
+    y : ndarray of shape (n,)
+        The labels, stripped of surrounding spaces: int64 if every label is
+        an integer-valued number (``3`` or ``3.0``); float64 if they are all
+        numbers but not all integers (e.g. regression targets, or a NaN);
+        otherwise all of them as strings (a str array). An empty label is an
+        error.
+
+    Raises
+    ------
+    FileNotFoundError
+        ``path`` does not exist.
+    ValueError
+        Rows with different numbers of columns (the header included; the
+        message gives the row, i.e. the line number counting from 1), a field
+        that is not a number (row and column, counting from 1), an empty
+        label, fewer than 2 columns, no data rows, text that is not UTF-8, a
+        corrupt gzip file, or ``label_column`` out of range.
+
+    Examples
+    --------
+    >>> import os, tempfile
+    >>> from fastnn.datasets import load_csv
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     path = os.path.join(tmp, "toy.csv")
+    ...     with open(path, "w") as f:
+    ...         _ = f.write("x1,x2,animal\\n0.5,1,cat\\n2,-1,dog\\n")
+    ...     X, y = load_csv(path)
+    >>> X
+    array([[ 0.5,  1. ],
+           [ 2. , -1. ]], dtype=float32)
+    >>> y
+    array(['cat', 'dog'], dtype='<U3')
+    """
+    label_column = _checks.integer(label_column, "label_column")
+    if delimiter is not None:
+        if not isinstance(delimiter, str):
+            raise TypeError(f"delimiter must be a str or None; got {type(delimiter).__name__}")
+        if len(delimiter) != 1 or delimiter in "\r\n\"":
+            raise ValueError(f"delimiter must be a single character other than a quote or a "
+                             f"line break (or None for whitespace); got {delimiter!r}")
+    if not (isinstance(header, (bool, np.bool_)) or (isinstance(header, str)
+                                                     and header == "auto")):
+        raise ValueError(f"header must be 'auto', True or False; got {header!r}")
+    dtype = _checks.float_dtype(dtype, "dtype")
+
+    label, data = _read_bytes(path, "path")
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{label}: not UTF-8 text (byte {exc.start} is {data[exc.start:][:1]!r})"
+                         f"; expected a delimited text file") from None
+
+    features = array.array("d")
+    labels: list[str] = []
+    n_columns = first_row = label_index = None
+    try:
+        for row, fields in _rows(text, delimiter):
+            if n_columns is None:  # the first row: fixes the shape, may be a header
+                n_columns, first_row = len(fields), row
+                if n_columns < 2:
+                    raise ValueError(
+                        f"{label}: row {row} has {n_columns} column; expected at least 2 "
+                        f"(features and a label; is delimiter={delimiter!r} right?)")
+                if not -n_columns <= label_column < n_columns:
+                    raise ValueError(f"label_column={label_column} is out of range for the "
+                                     f"{n_columns} columns of {label}")
+                label_index = label_column % n_columns
+                if header == "auto":  # a name: a field neither empty nor a number
+                    is_header = any(field.strip() and not _is_number(field)
+                                    for i, field in enumerate(fields) if i != label_index)
+                else:
+                    is_header = bool(header)
+                if is_header:
+                    continue
+            elif len(fields) != n_columns:
+                raise ValueError(f"{label}: row {row} has {len(fields)} columns; expected "
+                                 f"{n_columns} (as in row {first_row})")
+            value = fields[label_index].strip()
+            if not value:
+                raise ValueError(f"{label}: row {row}, column {label_index + 1}: the label "
+                                 f"is empty")
+            labels.append(value)
+            try:
+                features.extend(map(float, fields[:label_index]))
+                features.extend(map(float, fields[label_index + 1:]))
+            except ValueError:
+                column = next(i for i, field in enumerate(fields)
+                              if i != label_index and not _is_number(field))
+                raise ValueError(f"{label}: row {row}, column {column + 1}: "
+                                 f"{fields[column]!r} is not a number") from None
+    except csv.Error as exc:
+        raise ValueError(f"{label}: not a readable delimited text file ({exc})") from None
+    if n_columns is None:
+        raise ValueError(f"{label}: is empty; expected rows of features and a label")
+    if not labels:
+        raise ValueError(f"{label}: has a header but no data rows")
+    X = np.frombuffer(features, dtype=np.float64).reshape(len(labels), n_columns - 1)
+    return X.astype(dtype), _labels_array(labels)
+
+
+# --------------------------------------------------------------------------
+# IDX (MNIST)
+# --------------------------------------------------------------------------
+
+_IDX_TYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+
+
+def _read_idx(path: object, name: str) -> tuple[str, np.ndarray]:
+    """(path as text, the array) of an IDX file, after checking the header against the data."""
+    label, data = _read_bytes(path, name)
+    if len(data) < 4:
+        raise ValueError(f"{label}: has {len(data)} bytes; an IDX file starts with a 4-byte "
+                         f"magic number")
+    code, ndim = data[2], data[3]
+    if data[:2] != b"\x00\x00" or code not in _IDX_TYPES or ndim == 0:
+        raise ValueError(
+            f"{label}: not an IDX file: magic number 0x{data[:4].hex()}; expected 0x0000TTNN "
+            f"with TT a type code (08, 09, 0b, 0c, 0d or 0e) and NN >= 1 dimensions")
+    start = 4 + 4 * ndim
+    if len(data) < start:
+        raise ValueError(f"{label}: truncated IDX header: {ndim} dimensions need {start} bytes; "
+                         f"the file has {len(data)}")
+    shape = struct.unpack(f">{ndim}I", data[4:start])
+    item = np.dtype(_IDX_TYPES[code])
+    expected = math.prod(shape) * item.itemsize
+    actual = len(data) - start
+    if actual != expected:
+        problem = "truncated" if actual < expected else "extra bytes at the end"
+        raise ValueError(f"{label}: the IDX header (shape {shape}, {item.name}) promises "
+                         f"{expected} bytes of data; the file has {actual} ({problem})")
+    return label, np.frombuffer(data, dtype=item, offset=start).reshape(shape)
+
+
+def load_idx(images_path: str | os.PathLike, labels_path: str | os.PathLike | None = None, *,
+             dtype: DTypeLike = "float32") -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+    """Load images (and labels) in the IDX format of MNIST and Fashion-MNIST.
+
+    An IDX file is a big-endian header — two zero bytes, a type code (0x08
+    unsigned byte, 0x09 signed byte, 0x0B int16, 0x0C int32, 0x0D float32,
+    0x0E float64), the number of dimensions, then each dimension as a 32-bit
+    unsigned int — followed by the data, big-endian, row-major. Either file
+    may be gzip-compressed (recognised by its first bytes, e.g.
+    ``train-images-idx3-ubyte.gz``).
+
+    Parameters
+    ----------
+    images_path : str or os.PathLike
+        The images: n × rows × cols (any number >= 2 of dimensions: the first
+        counts the samples).
+    labels_path : str or os.PathLike, optional
+        The labels: a 1-D IDX file of integers, one per image.
+    dtype : {"float32", "float64"}, optional
+        The dtype of ``X``.
+
+    Returns
+    -------
+    X : ndarray of shape (n, rows * cols), ``dtype``
+        The images, flattened row by row; values as stored (MNIST: 0..255, not
+        scaled).
+    y : ndarray of shape (n,), int64
+        The labels; returned (as ``(X, y)``) only if ``labels_path`` is given.
+
+    Raises
+    ------
+    FileNotFoundError
+        A path does not exist.
+    ValueError
+        A bad magic number, a data length that disagrees with the header
+        (truncated or with extra bytes), images with fewer than 2 dimensions
+        or no samples, labels that are not 1-D integers, or label and image
+        counts that disagree.
+
+    Examples
+    --------
+    >>> import os, struct, tempfile
+    >>> from fastnn.datasets import load_idx
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     images, labels = os.path.join(tmp, "images.idx"), os.path.join(tmp, "labels.idx")
+    ...     with open(images, "wb") as f:  # two 2x3 images
+    ...         _ = f.write(struct.pack(">BBBBIII", 0, 0, 0x08, 3, 2, 2, 3) + bytes(range(12)))
+    ...     with open(labels, "wb") as f:
+    ...         _ = f.write(struct.pack(">BBBBI", 0, 0, 0x08, 1, 2) + bytes([7, 1]))
+    ...     X, y = load_idx(images, labels)
+    >>> X
+    array([[ 0.,  1.,  2.,  3.,  4.,  5.],
+           [ 6.,  7.,  8.,  9., 10., 11.]], dtype=float32)
+    >>> y
+    array([7, 1])
+    """
+    dtype = _checks.float_dtype(dtype, "dtype")
+    label, images = _read_idx(images_path, "images_path")
+    if images.ndim < 2:
+        raise ValueError(f"{label}: images must have at least 2 dimensions (n, rows, cols); got "
+                         f"shape {images.shape} (a labels file? pass it as labels_path)")
+    n, size = images.shape[0], math.prod(images.shape[1:])
+    if n == 0 or size == 0:
+        raise ValueError(f"{label}: has no images or empty images; got shape {images.shape}")
+    X = images.reshape(n, size).astype(dtype)
+    if labels_path is None:
+        return X
+    labels_label, labels = _read_idx(labels_path, "labels_path")
+    if labels.ndim != 1:
+        raise ValueError(f"{labels_label}: labels must be 1-D (one per image); got shape "
+                         f"{labels.shape}")
+    if labels.dtype.kind not in "iu":
+        raise ValueError(f"{labels_label}: labels must be integers; got IDX type "
+                         f"{labels.dtype.name}")
+    if labels.shape[0] != n:
+        raise ValueError(f"{labels_label}: has {labels.shape[0]} labels; expected {n}, one per "
+                         f"image of {label}")
+    return X, labels.astype(np.int64)
+
+
+# --------------------------------------------------------------------------
+# Dispatch on the file name
+# --------------------------------------------------------------------------
+
+_IDX_NAME = re.compile(r"(\.idx|[-.]idx\d-ubyte)$")
+SUPPORTED_SUFFIXES = (
+    ".npz", ".csv", ".csv.gz", ".tsv", ".tsv.gz", ".txt", ".txt.gz",
+    ".idx", ".idx.gz", "-idx3-ubyte", "-idx3-ubyte.gz",
+)
+
+
+def _idx_labels_beside(path: Path) -> list[Path]:
+    """Where the labels of an IDX images file would be: 'images'→'labels', 'idx3'→'idx1'."""
+    name = path.name
+    if "images" not in name:
+        return []
+    base = name.replace("images", "labels").replace("idx3", "idx1")
+    base = base[:-3] if base.endswith(".gz") else base
+    return [path.with_name(base), path.with_name(base + ".gz")]
+
+
+def load(path: str | os.PathLike, **kwargs) -> tuple[np.ndarray, np.ndarray]:
+    """Load ``(X, y)`` from a file, choosing the reader by the file name's suffix.
+
+    This is what ``fastnn train --data PATH`` uses. The suffix (any case)
+    selects:
+
+    * ``.npz``: :func:`load_npz`;
+    * ``.csv``, ``.csv.gz``: :func:`load_csv`;
+    * ``.tsv``, ``.tsv.gz``: :func:`load_csv` with ``delimiter="\\t"``;
+    * ``.txt``, ``.txt.gz``: :func:`load_csv` with ``delimiter=None`` (any
+      whitespace);
+    * ``.idx``, ``-idx3-ubyte`` (and ``.idx3-ubyte``, each also with
+      ``.gz``): :func:`load_idx`. The labels are ``labels_path=`` if given,
+      else the file beside it whose name has ``images`` replaced by
+      ``labels`` and ``idx3`` by ``idx1`` (plain or ``.gz``), as MNIST
+      names them; if there is none, a ValueError.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The data file.
+    **kwargs
+        Passed on to the reader (they override the defaults above).
+
+    Returns
+    -------
+    X : ndarray of shape (n, d)
+    y : ndarray of shape (n,)
+
+    Raises
+    ------
+    FileNotFoundError
+        ``path`` does not exist (the message gives it).
+    ValueError
+        An unsupported suffix (the message lists the supported ones), or
+        whatever the reader refuses.
+
+    Examples
+    --------
+    >>> import os, tempfile
+    >>> import numpy as np
+    >>> from fastnn.datasets import load
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     path = os.path.join(tmp, "points.txt")
+    ...     with open(path, "w") as f:
+    ...         _ = f.write("0.5  1.5  0\\n2.5  3.5  1\\n")
+    ...     X, y = load(path, dtype="float64")
+    >>> X.tolist(), y.tolist()
+    ([[0.5, 1.5], [2.5, 3.5]], [0, 1])
+    """
+    resolved = _checks.file_path(path, "path")
+    name = resolved.name.lower()
+    base = name[:-3] if name.endswith(".gz") else name
+    if name.endswith(".npz"):
+        return load_npz(path, **kwargs)
+    if base.endswith(".csv"):
+        return load_csv(path, **kwargs)
+    if base.endswith(".tsv"):
+        return load_csv(path, **{"delimiter": "\t", **kwargs})
+    if base.endswith(".txt"):
+        return load_csv(path, **{"delimiter": None, **kwargs})
+    if _IDX_NAME.search(base):
+        if "labels_path" in kwargs:
+            return load_idx(path, **kwargs)
+        candidates = _idx_labels_beside(resolved)
+        for candidate in candidates:
+            if candidate.is_file():
+                return load_idx(path, candidate, **kwargs)
+        looked = (" (looked for " + " and ".join(str(c) for c in candidates) + ")"
+                  if candidates else "")
+        raise ValueError(f"{os.fspath(path)}: found no IDX labels file for these images"
+                         f"{looked}; pass labels_path=")
+    raise ValueError(f"{os.fspath(path)}: unsupported file type; expected a name ending in one "
+                     f"of {', '.join(SUPPORTED_SUFFIXES)}")
