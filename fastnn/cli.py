@@ -256,17 +256,19 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="train an MLP on the bundled digits (or --data)")
     train.add_argument("--data", help="a .npz, .csv[.gz] or IDX file of features and labels "
                        "(default: the bundled digits)")
-    train.add_argument("--hidden", type=_hidden_sizes, default=[128],
-                       help="hidden layer widths, comma-separated (default 128)")
+    train.add_argument("--hidden", type=_hidden_sizes, default=[256],
+                       help="hidden layer widths, comma-separated (default 256)")
     train.add_argument("--activation", choices=ACTIVATIONS, default="relu")
     train.add_argument("--no-batch-norm", dest="batch_norm", action="store_false",
                        help="leave out BatchNorm after each hidden Dense")
     train.add_argument("--dropout", type=_fraction, default=0.0)
     train.add_argument("--optimizer", choices=("adam", "adamw", "sgd", "rmsprop"),
                        default="adam")
-    train.add_argument("--lr", type=_positive_float, default=1e-3)
-    train.add_argument("--decay", choices=DECAYS, default="none",
-                       help="learning-rate decay per epoch (default none)")
+    train.add_argument("--lr", type=_positive_float, default=3e-3,
+                       help="initial learning rate (default 3e-3)")
+    train.add_argument("--decay", choices=DECAYS, default="cosine",
+                       help="learning-rate decay per epoch (default cosine, to 0 at the last "
+                            "epoch)")
     train.add_argument("--decay-rate", type=_positive_float, default=0.1,
                        help="the decay's k, rate or drop (default 0.1)")
     train.add_argument("--label-smoothing", type=_fraction, default=0.0)
