@@ -1,18 +1,26 @@
-"""Summarise a pytest-benchmark JSON file written by bench/test_kernels.py.
+"""Summarise a pytest-benchmark JSON file written by bench/test_kernels.py and/or
+bench/test_train_step.py.
 
 Usage: python bench/report.py RESULTS.json [--markdown]
 
-One row per kernel and size: the median time of the cython backend, its speed-up over the
-numpy backend and over PyTorch (numpy or torch median / cython median; "n/a" where a row is
-missing), and, at the sizes whose group holds a ``copy`` entry, the fraction of the memory
-bandwidth bound reached: (bytes / copy bandwidth) / cython time, with the copy bandwidth
-``copy_bytes / copy time`` measured in the same run; once with ``bytes`` (the kernel's actual
-passes over memory) and once with ``bytes_min`` (each array touched once). A "targets" section
-follows. Standard library only.
+Kernels (bench/test_kernels.py): one row per kernel and size: the median time of the cython
+backend, its speed-up over the numpy backend and over PyTorch (numpy or torch median / cython
+median; "n/a" where a row is missing), and, at the sizes whose group holds a ``copy`` entry,
+the fraction of the memory bandwidth bound reached: (bytes / copy bandwidth) / cython time,
+with the copy bandwidth ``copy_bytes / copy time`` measured in the same run; once with
+``bytes`` (the kernel's actual passes over memory) and once with ``bytes_min`` (each array
+touched once). A "targets" section follows. Standard library only.
 
 The copy is one read stream and one write stream to fresh memory; on one core a kernel that
 streams more arrays, or writes in place (Adam), can move bytes faster, so a fraction above 1 is
 possible and is not an error.
+
+Training step (bench/test_train_step.py): one row per batch size: the median time of one fastnn
+step on the cython backend; the step's limit, gemm-floor + adam-pass medians of the same run
+(its eight matrix products alone, plus one copy moving Adam's 28 B per parameter); fastnn's
+time over the limit (target: at most STEP_VS_LIMIT); and the numpy backend's, torch's and
+sklearn MLPClassifier's times over fastnn's ("n/a" where an entry is missing). The file may hold
+either set of results or both.
 """
 
 from __future__ import annotations
@@ -31,6 +39,10 @@ VS_TORCH_ENDS = 3.0  # ... at the smallest and largest sizes of these kernels:
 TORCH_ENDS_KERNELS = ("batchnorm", "cross_entropy")
 ADAM_LARGEST_VS_TORCH_TIME = 1.1  # Adam at its largest size: time within 1.1x torch's
 BANDWIDTH_FRACTION = 0.70  # fraction of the copy bound at the largest sizes
+
+# Training step: fastnn-cython time within this factor of gemm-floor + adam-pass.
+STEP_VS_LIMIT = 1.25
+STEP_TITLE = "training step (784-256-256-10, BN, Adam, float32, 1 thread)"
 
 
 def load(path: str) -> tuple[dict, list[dict]]:
@@ -54,6 +66,38 @@ def load(path: str) -> tuple[dict, list[dict]]:
         key=lambda r: (order.get(r["kernel"], len(order)), r["kernel"], r.get("elements", 0)),
     )
     return data, ordered
+
+
+def load_train_steps(data: dict) -> list[dict]:
+    """One dict per batch size with each train-step impl's entry (bench/test_train_step.py)."""
+    rows: dict[int, dict] = {}
+    for bench in data.get("benchmarks", []):
+        info = bench.get("extra_info", {})
+        stats = bench.get("stats") or {}
+        if (
+            info.get("bench") != "train_step"
+            or not {"batch", "impl"} <= info.keys()
+            or "median" not in stats
+        ):
+            continue
+        row = rows.setdefault(info["batch"], {"batch": info["batch"], "impls": {}})
+        row["impls"][info["impl"]] = {"time": stats["median"], **info}  # last one wins
+    return [rows[b] for b in sorted(rows)]
+
+
+def analyse_train_steps(rows: list[dict]) -> None:
+    """Add the limit and the ratios to each row (None where an entry is missing)."""
+    for row in rows:
+        impls = row["impls"]
+        times = {impl: entry["time"] for impl, entry in impls.items()}
+        fastnn, gemm, adam = (times.get(k) for k in ("fastnn-cython", "gemm-floor", "adam-pass"))
+        row["fastnn"], row["gemm"], row["adam"] = fastnn, gemm, adam
+        row["limit"] = gemm + adam if gemm is not None and adam is not None else None
+        row["vs_limit"] = fastnn / row["limit"] if fastnn and row["limit"] else None
+        for impl in ("fastnn-numpy", "torch", "mlpclassifier"):
+            other = times.get(impl)
+            row[f"{impl}/fastnn"] = other / fastnn if other is not None and fastnn else None
+        row["adam_kernel"] = impls.get("adam-pass", {}).get("adam_kernel")
 
 
 def analyse(rows: list[dict]) -> None:
@@ -87,14 +131,14 @@ def _num(value, fmt: str) -> str:
     return NA if value is None else format(value, fmt)
 
 
-def table(headers: list[str], body: list[list[str]], markdown: bool) -> str:
+def table(headers: list[str], body: list[list[str]], markdown: bool, left: int = 2) -> str:
     if markdown:
         lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
         lines += ["| " + " | ".join(cells) + " |" for cells in body]
         return "\n".join(lines)
     widths = [max(len(c) for c in col) for col in zip(headers, *body, strict=True)]
-    # Left-align the first two columns (kernel, size), right-align the numbers.
-    fmt = [str.ljust if i < 2 else str.rjust for i in range(len(headers))]
+    # Left-align the first `left` columns (kernel, size), right-align the numbers.
+    fmt = [str.ljust if i < left else str.rjust for i in range(len(headers))]
 
     def line(cells):
         return "  ".join(f(c, w) for f, c, w in zip(fmt, cells, widths, strict=True)).rstrip()
@@ -165,6 +209,48 @@ def targets(rows: list[dict], markdown: bool) -> tuple[str, int, int]:
     return table(headers, body, markdown), met, measured
 
 
+def _ms(seconds) -> str:
+    return _num(None if seconds is None else seconds * 1e3, ".2f")
+
+
+def train_step_table(rows: list[dict], markdown: bool) -> tuple[str, int, int]:
+    """The training-step table, and how many of the measured limit targets are met."""
+    headers = [
+        "batch",
+        "fastnn ms",
+        "limit ms",
+        "gemm + adam ms",
+        "fastnn/limit",
+        f"<={STEP_VS_LIMIT:g}",
+        "numpy/fastnn",
+        "torch/fastnn",
+        "mlpclassifier/fastnn",
+        "adam kernel ms",
+    ]
+    body, met, measured = [], 0, 0
+    for r in rows:
+        parts = NA if r["limit"] is None else f"{_ms(r['gemm'])} + {_ms(r['adam'])}"
+        ok = None if r["vs_limit"] is None else r["vs_limit"] <= STEP_VS_LIMIT
+        if ok is not None:
+            measured += 1
+            met += ok
+        body.append(
+            [
+                str(r["batch"]),
+                _ms(r["fastnn"]),
+                _ms(r["limit"]),
+                parts,
+                _num(r["vs_limit"], ".2f"),
+                NA if ok is None else ("yes" if ok else "NO"),
+                _num(r["fastnn-numpy/fastnn"], ".2f"),
+                _num(r["torch/fastnn"], ".2f"),
+                _num(r["mlpclassifier/fastnn"], ".2f"),
+                _ms(r["adam_kernel"]),
+            ]
+        )
+    return table(headers, body, markdown, left=1), met, measured
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("results", help="a file written by pytest --benchmark-json")
@@ -174,9 +260,13 @@ def main(argv: list[str] | None = None) -> int:
         data, rows = load(args.results)
     except (OSError, ValueError) as exc:
         parser.error(f"cannot read {args.results}: {exc}")
-    if not rows:
-        parser.error(f"{args.results} holds no bench/test_kernels.py results")
+    steps = load_train_steps(data)
+    if not rows and not steps:
+        parser.error(
+            f"{args.results} holds no bench/test_kernels.py or bench/test_train_step.py results"
+        )
     analyse(rows)
+    analyse_train_steps(steps)
 
     machine = data.get("machine_info", {})
     commit = data.get("commit_info", {})
@@ -186,12 +276,20 @@ def main(argv: list[str] | None = None) -> int:
         f"commit {str(commit.get('id', '?'))[:10]}{' (dirty)' if commit.get('dirty') else ''}  "
         f"numpy {machine.get('numpy', '?')}  torch {torch}"
     )
+    if rows:
+        print_kernels(rows, args.markdown)
+    if steps:
+        print_train_steps(steps, args.markdown, leading_blank=bool(rows))
+    return 0
+
+
+def print_kernels(rows: list[dict], markdown: bool) -> None:
     print(
         "Medians. vs numpy / vs torch: their time / cython's time. BW frac: (bytes / copy "
         "GB/s) / cython time.\n"
     )
-    print(results_table(rows, args.markdown))
-    text, met, measured = targets(rows, args.markdown)
+    print(results_table(rows, markdown))
+    text, met, measured = targets(rows, markdown)
     print(
         f"\nTargets (cython): >={VS_NUMPY:g}x numpy; >={VS_TORCH:g}x torch (>={VS_TORCH_ENDS:g}x "
         f"at the smallest and largest batchnorm and cross_entropy sizes; adam at the largest "
@@ -200,7 +298,24 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(text)
     print(f"\n{met} of {measured} measured targets met.")
-    return 0
+
+
+def print_train_steps(rows: list[dict], markdown: bool, leading_blank: bool) -> None:
+    if leading_blank:
+        print()
+    print(f"{'## ' if markdown else ''}{STEP_TITLE}\n")
+    print(
+        "Medians. limit = gemm-floor (the step's 8 matrix products, np.matmul) + adam-pass "
+        "(np.copyto moving 28 B per parameter). X/fastnn: X's time / fastnn-cython's "
+        "time. mlpclassifier: sklearn, the same MLP without BatchNorm. adam kernel: "
+        "fastnn.ops.adam_update on the same parameters, for information.\n"
+    )
+    text, met, measured = train_step_table(rows, markdown)
+    print(text)
+    print(
+        f"\n{met} of {measured} measured training-step targets met "
+        f"(fastnn within {STEP_VS_LIMIT:g}x the limit)."
+    )
 
 
 if __name__ == "__main__":
