@@ -33,6 +33,11 @@ class Callback:
     def set_model(self, model) -> None:
         self.model = model
 
+    def check_logs(self, reported: set) -> None:
+        """Called by ``fit`` before training with the metric names it will report;
+        raise ValueError if this callback needs one that is missing."""
+
+
     def on_train_begin(self, logs: dict | None = None) -> None: ...
 
     def on_train_end(self, logs: dict | None = None) -> None: ...
@@ -43,6 +48,24 @@ class Callback:
 
     def on_batch_end(self, batch: int, logs: dict | None = None) -> None: ...
 
+
+# Metrics fit can report; a callback monitoring one of these that fit will not report is
+# rejected before training. Other names may be added to the logs by other callbacks.
+_FIT_METRICS = {"loss", "accuracy", "lr", "val_loss", "val_accuracy"}
+
+
+def _check_monitor(owner: str, monitor: str, reported: set) -> None:
+    if monitor in _FIT_METRICS and monitor not in reported:
+        hint = "; give validation data for val_ metrics" if monitor.startswith("val_") else ""
+        raise ValueError(f"{owner} monitors {monitor!r}, which fit will not report (it "
+                         f"reports {sorted(reported)}){hint}")
+
+
+def _monitored(owner: str, monitor: str, logs: dict) -> float:
+    if monitor not in logs:
+        raise ValueError(f"{owner} monitors {monitor!r}, which is not in the logs of this "
+                         f"epoch ({sorted(logs)})")
+    return logs[monitor]
 
 class History(Callback):
     """Per-epoch metrics: ``history.history["loss"]``, ``["val_accuracy"]``, ``["lr"]``, ...
@@ -109,20 +132,18 @@ class EarlyStopping(Callback):
             return value < self.best - self.min_delta
         return value > self.best + self.min_delta
 
+    def check_logs(self, reported: set) -> None:
+        _check_monitor("EarlyStopping", self.monitor, reported)
+
     def on_epoch_end(self, epoch, logs=None) -> None:
-        logs = logs or {}
-        if self.monitor not in logs:
-            raise ValueError(f"EarlyStopping monitors {self.monitor!r}, which fit does not "
-                             f"report (reported: {sorted(logs)}); give validation data for "
-                             "val_ metrics")
-        value = logs[self.monitor]
+        value = _monitored("EarlyStopping", self.monitor, logs or {})
         if self._improved(value):
             self.best, self.best_epoch, self._wait = value, epoch, 0
             if self.restore_best_weights:
                 self._best_weights = (self.model._params.copy(), self.model._states.copy())
             return
         self._wait += 1
-        if self._wait > self.patience:
+        if self._wait >= max(self.patience, 1):
             self.stopped_epoch = epoch
             self.model.stop_training = True
             self.model.stop_reason = (f"early stopping: {self.monitor} did not improve for "
@@ -153,13 +174,14 @@ class ModelCheckpoint(Callback):
         self.best: float | None = None
         self.saved: list[str] = []
 
+    def check_logs(self, reported: set) -> None:
+        if self.save_best_only:
+            _check_monitor("ModelCheckpoint", self.monitor, reported)
+
     def on_epoch_end(self, epoch, logs=None) -> None:
         logs = logs or {}
         if self.save_best_only:
-            if self.monitor not in logs:
-                raise ValueError(f"ModelCheckpoint monitors {self.monitor!r}, which fit does "
-                                 f"not report (reported: {sorted(logs)})")
-            value = logs[self.monitor]
+            value = _monitored("ModelCheckpoint", self.monitor, logs)
             better = self.best is None or (value < self.best if self.mode == "min"
                                            else value > self.best)
             if not better:
@@ -283,20 +305,3 @@ class ProgressBar(Callback):
             self.stream.write(f"Epoch {self._epoch_number}/{self.epochs} - {elapsed:.2f}s - "
                               f"{metrics}\n")
         self.stream.flush()
-
-
-def _copy_state(model) -> tuple:
-    """Parameters, BatchNorm state and optimizer state, copied (for the non-finite policy)."""
-    opt = model.optimizer
-    return (model._params.copy(), model._states.copy(),
-            {k: v.copy() for k, v in opt.state_arrays().items()}, opt.iterations)
-
-
-def _restore_state(model, saved) -> None:
-    params, states, opt_state, iterations = saved
-    model._params[...] = params
-    model._states[...] = states
-    for name, arr in model.optimizer.state_arrays().items():
-        arr[...] = opt_state[name]
-    model.optimizer.iterations = iterations
-

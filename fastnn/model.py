@@ -366,8 +366,8 @@ class Sequential:
             targets = y.astype(np.int64)
             bad = (targets < 0) | (targets >= classes.size)
             if bad.any():
-                raise ValueError(f"{name} has label {targets[bad][0]!r} outside this model's "
-                                 f"classes 0..{classes.size - 1}")
+                raise ValueError(f"{name} has label {targets[bad][0].item()!r} outside this "
+                                 f"model's classes 0..{classes.size - 1}")
             return targets, classes, True
         try:
             index = np.minimum(np.searchsorted(classes, y), classes.size - 1)
@@ -376,7 +376,7 @@ class Sequential:
             raise ValueError(f"{name} has labels of dtype {y.dtype}; this model's classes are "
                              f"{classes.tolist()}") from None
         if not np.all(known):
-            raise ValueError(f"{name} has label {y[~known][0]!r} not among this model's "
+            raise ValueError(f"{name} has label {y[~known][0].item()!r} not among this model's "
                              f"classes {classes.tolist()}")
         return index.astype(np.int64), classes, True
 
@@ -384,7 +384,11 @@ class Sequential:
     def _classes_for(y: np.ndarray, n_out: int, name: str) -> np.ndarray:
         if y.dtype.kind in "iu" and y.size and y.min() >= 0 and y.max() < n_out:
             return np.arange(n_out)
-        classes = np.unique(y)
+        try:
+            classes = np.unique(y)
+        except TypeError:
+            raise TypeError(f"{name} mixes label types that cannot be ordered (e.g. numbers "
+                            "and strings); use one type") from None
         if classes.size > n_out:
             raise ValueError(f"{name} has {classes.size} classes but the model has only "
                              f"{n_out} outputs")

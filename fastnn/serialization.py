@@ -97,6 +97,10 @@ def load(path):
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"no such model file: {path}")
+    with open(path, "rb") as fh:
+        magic = fh.read(4)
+    if magic != b"PK\x03\x04":  # every .npz is a zip archive; look before NumPy guesses
+        raise ValueError(f"{path} is not a readable fastnn model file (not an .npz archive)")
     try:
         with np.load(path, allow_pickle=False) as data:
             keys = set(data.files)
@@ -119,7 +123,8 @@ def load(path):
     except (json.JSONDecodeError, TypeError) as exc:
         raise ValueError(f"{path}: the fastnn config is not valid JSON ({exc})") from None
     if not isinstance(config, dict) or config.get("format") != FORMAT_NAME:
-        raise ValueError(f"{path} is not a fastnn model (format {config.get('format')!r})")
+        found = config.get("format") if isinstance(config, dict) else type(config).__name__
+        raise ValueError(f"{path} is not a fastnn model (format {found!r})")
     version = config.get("format_version")
     if not isinstance(version, int) or version > FORMAT_VERSION:
         raise ValueError(f"{path} has format version {version!r}; this fastnn "

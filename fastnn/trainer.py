@@ -38,7 +38,8 @@ def batch_sizes(n: int, batch_size: int, merge_single: bool) -> list[int]:
     if n % batch_size:
         sizes.append(n % batch_size)
     if merge_single and len(sizes) > 1 and sizes[-1] == 1:
-        sizes[-2] += sizes.pop()
+        last = sizes.pop()
+        sizes[-1] += last
     return sizes
 
 
@@ -106,15 +107,22 @@ def fit(model, X, y, *, epochs=1, batch_size=32, optimizer=None, validation_data
 
     epochs = _int_arg("epochs", epochs, 0)
     batch_size = _int_arg("batch_size", batch_size, 1)
-    if verbose not in (0, 1, 2):
+    if isinstance(verbose, bool) or verbose not in (0, 1, 2):
         raise ValueError(f"verbose must be 0, 1 or 2; got {verbose!r}")
+    if not isinstance(shuffle, (bool, np.bool_)):
+        raise TypeError(f"shuffle must be True or False; got {shuffle!r}")
     if not isinstance(validation_split, numbers.Real) or not 0.0 <= validation_split < 1.0:
         raise ValueError(f"validation_split must be in [0, 1); got {validation_split!r}")
     if validation_split and validation_data is not None:
         raise ValueError("give validation_data or validation_split, not both")
     if seed is not None:
         seed = _int_arg("seed", seed, 0)
-    callbacks = list(callbacks or [])
+    if callbacks is None:
+        callbacks = []
+    elif isinstance(callbacks, Callback) or not isinstance(callbacks, (list, tuple)):
+        raise TypeError(f"callbacks must be a list of fastnn.callbacks.Callback; got "
+                        f"{type(callbacks).__name__} (wrap a single callback in a list)")
+    callbacks = list(callbacks)
     for i, cb in enumerate(callbacks):
         if not isinstance(cb, Callback):
             raise TypeError(f"callbacks[{i}] must be a fastnn.callbacks.Callback; got "
@@ -147,6 +155,11 @@ def fit(model, X, y, *, epochs=1, batch_size=32, optimizer=None, validation_data
         raise ValueError("sample_weight of the training samples is zero everywhere")
     if validation_data is not None:
         val = _check_validation_data(model, validation_data, X.shape[1], output_dim, classes)
+    reported = {"loss", "lr"} | ({"accuracy"} if model.loss.classification else set())
+    if val is not None:
+        reported |= {f"val_{key}" for key in reported - {"lr"}}
+    for cb in callbacks:
+        cb.check_logs(reported)
 
     # ---- from here on the model changes ------------------------------------------------
     if not model.built:
@@ -206,8 +219,9 @@ def _run(model, X, targets, weights, val, epochs, batch_size, shuffle, callbacks
     model.stop_reason = None
     classification = model.loss.classification
     buffers = _Buffers(model, X, targets, weights)
-    saved_params = np.empty_like(model._params)
-    saved_states = np.empty_like(model._states)
+    # Snapshots at the start of this epoch and the one before (for the non-finite policy):
+    # allocated once, copied into once per epoch, never touched by a step.
+    snapshots = (_Snapshot(model), _Snapshot(model))
     for cb in all_callbacks:
         cb.on_train_begin()
     first = model.epochs_trained
@@ -219,8 +233,8 @@ def _run(model, X, targets, weights, val, epochs, batch_size, shuffle, callbacks
         rng = np.random.default_rng([model.train_seed, epoch])
         order = rng.permutation(n) if shuffle else None
         dropout_rng = np.random.default_rng([model.train_seed, epoch, 1])
-        np.copyto(saved_params, model._params)
-        np.copyto(saved_states, model._states)
+        snapshots = (snapshots[1], snapshots[0])  # [0]: this epoch's start, [1]: the last
+        snapshots[0].take(model)
         loss_sum = 0.0
         correct = 0
         start = 0
@@ -230,18 +244,21 @@ def _run(model, X, targets, weights, val, epochs, batch_size, shuffle, callbacks
                 xb, yb = X[start:start + size], targets[start:start + size]
                 wb = None if weights is None else weights[start:start + size]
             else:
+                # mode="clip" writes straight into out (the default "raise" buffers a
+                # batch-sized temporary); the indices come from a permutation, so valid.
                 idx = order[start:start + size]
-                np.take(X, idx, axis=0, out=xb)
-                np.take(targets, idx, axis=0, out=yb)
+                np.take(X, idx, axis=0, out=xb, mode="clip")
+                np.take(targets, idx, axis=0, out=yb, mode="clip")
                 if weights is not None:
-                    np.take(weights, idx, out=wb)
+                    np.take(weights, idx, out=wb, mode="clip")
             start += size
             logits = model._forward(xb, dropout_rng)
             grad = model._output_grad_buffer(size)
             loss = model.loss(logits, yb, grad, sample_weight=wb,
                               row_loss=row_loss if classification else None)
             if not math.isfinite(loss):
-                _stop_non_finite(model, history, epoch, b, loss, saved_params, saved_states)
+                _stop_non_finite(model, history, epoch, b, loss, snapshots,
+                                 first_epoch=epoch == first)
                 break
             model._backward(grad)
             opt.step(model._params, model._grads)
@@ -275,17 +292,52 @@ def _run(model, X, targets, weights, val, epochs, batch_size, shuffle, callbacks
     return history
 
 
-def _stop_non_finite(model, history, epoch, batch, loss, saved_params, saved_states) -> None:
-    """The non-finite loss policy: stop, keep (or restore) the last finite weights, say so."""
-    if np.isfinite(model._params).all() and np.isfinite(model._states).all():
-        restored = "the weights after the last finite step are kept"
-    else:
-        model._params[...] = saved_params
-        model._states[...] = saved_states
+class _Snapshot:
+    """Parameters, BatchNorm state and optimizer state (and step count), copied."""
+
+    def __init__(self, model) -> None:
+        self.params = np.empty_like(model._params)
+        self.states = np.empty_like(model._states)
+        self.opt_state = {k: np.empty_like(v)
+                          for k, v in model.optimizer.state_arrays().items()}
+        self.iterations = 0
+
+    def take(self, model) -> None:
+        np.copyto(self.params, model._params)
+        np.copyto(self.states, model._states)
+        for name, arr in model.optimizer.state_arrays().items():
+            np.copyto(self.opt_state[name], arr)
+        self.iterations = model.optimizer.iterations
+
+    def restore(self, model) -> None:
+        np.copyto(model._params, self.params)
+        np.copyto(model._states, self.states)
+        for name, arr in model.optimizer.state_arrays().items():
+            np.copyto(arr, self.opt_state[name])
+        model.optimizer.iterations = self.iterations
+
+
+def _stop_non_finite(model, history, epoch, batch, loss, snapshots, first_epoch) -> None:
+    """The non-finite loss policy: stop, restore the last weights known to give a finite
+    loss, and say so.
+
+    Weights at the start of an epoch gave a finite loss on that epoch's first batch, so
+    a failure after the first batch restores this epoch's start, a failure on the first
+    batch the previous epoch's start (weights, BatchNorm statistics, optimizer moments
+    and step count together).
+    """
+    if batch > 0:
+        snapshots[0].restore(model)
         restored = f"the weights from the start of epoch {epoch + 1} were restored"
+    elif not first_epoch:
+        snapshots[1].restore(model)
+        restored = f"the weights from the start of epoch {epoch} were restored"
+    else:
+        snapshots[0].restore(model)
+        restored = ("no earlier weights gave a finite loss; the weights from before this "
+                    "fit were kept")
     reason = (f"non-finite loss ({loss}) at epoch {epoch + 1}, batch {batch + 1}: training "
               f"stopped and {restored}")
     model.stop_training = True
     model.stop_reason = history.stop_reason = reason
     warnings.warn(reason, RuntimeWarning, stacklevel=3)
-

@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 
 import fastnn
+import fastnn.trainer
 from fastnn import cli, ops
-
 
 # Subprocesses start outside the checkout: `python -c` and `python -m` put the working
 # directory first on sys.path, where the source tree's fastnn/ (not built) would shadow the
@@ -143,7 +143,8 @@ def test_console_script_installed():
     assert done.returncode == 0 and "fastnn" in done.stdout
 
 
-@pytest.mark.parametrize("module", [fastnn, ops])
+@pytest.mark.parametrize("module", [fastnn, ops, fastnn.schedules, fastnn.trainer,
+                                    fastnn.model])
 def test_docstring_examples(module):
     result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
     assert result.attempted > 0 and result.failed == 0
