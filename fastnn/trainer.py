@@ -74,6 +74,9 @@ def fit(model, X, y, *, epochs=1, batch_size=32, optimizer=None, validation_data
     epochs : int >= 0
         Epochs to run in this call (training continues across calls).
     batch_size : int >= 1
+        The last batch of an epoch is shorter when ``batch_size`` does not divide the
+        number of samples; if the model has BatchNorm and that last batch would hold a
+        single sample (which has no batch variance), it is merged into the batch before.
     optimizer : Optimizer or str, optional
         Replaces the model's optimizer; by default the previous one (and its state) is
         kept, or ``Adam()`` on the first call.

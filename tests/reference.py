@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from fastnn import layers
+
 
 def batchnorm_train(x, gamma, beta, eps=1e-5):
     """Training forward from the textbook definition; returns out, x_hat, mean, biased var."""
@@ -118,3 +120,44 @@ def rmsprop_steps(param, grads, lr, alpha=0.99, eps=1e-8, weight_decay=0.0, mome
         else:
             theta = theta - lr * g / avg
     return theta
+
+
+def model_forward(model, X, training=False):
+    """An independent float64 forward of a fastnn model from get_weights() (Keras order).
+
+    ``training``: batch statistics for BatchNorm (no Dropout allowed); else running ones.
+    """
+    weights = [np.asarray(w, np.float64) for w in model.get_weights()]
+    h = np.asarray(X, np.float64)
+    k = 0
+    for layer in model.layers:
+        if isinstance(layer, layers.Dense):
+            h = h @ weights[k]
+            k += 1
+            if layer.has_bias:
+                h = h + weights[k]
+                k += 1
+        elif isinstance(layer, layers.BatchNorm):
+            gamma, beta, mean, var = weights[k:k + 4]
+            k += 4
+            if training:
+                h = batchnorm_train(h, gamma, beta, layer.eps)[0]
+            else:
+                h = gamma * (h - mean) / np.sqrt(var + layer.eps) + beta
+        elif isinstance(layer, layers.ReLU):
+            h = np.where(h > 0, h, 0.0)
+        elif isinstance(layer, layers.LeakyReLU):
+            h = np.where(h > 0, h, layer.alpha * h)
+        elif isinstance(layer, layers.Tanh):
+            h = np.tanh(h)
+        elif isinstance(layer, layers.Sigmoid):
+            h = 1.0 / (1.0 + np.exp(-h))
+        elif isinstance(layer, layers.Softmax):
+            z = h - h.max(axis=1, keepdims=True)
+            h = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
+        elif isinstance(layer, layers.Dropout):
+            assert not training
+        else:
+            raise AssertionError(f"model_forward does not know {type(layer).__name__}")
+    assert k == len(weights)
+    return h

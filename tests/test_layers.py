@@ -13,7 +13,7 @@ import re
 
 import numpy as np
 import pytest
-from reference import batchnorm_train, cross_entropy
+from reference import cross_entropy, model_forward
 
 import fastnn
 from fastnn.layers import BatchNorm, Dense, Dropout, LeakyReLU, ReLU, Sigmoid, Softmax, Tanh
@@ -68,44 +68,6 @@ def _check_gradient(model, X, y, seed=None, sample_weight=None):
     return loss
 
 
-def _reference_forward(model, X, training):
-    """An independent float64 forward from get_weights() (Keras order), no dropout."""
-    weights = [np.asarray(w, np.float64) for w in model.get_weights()]
-    h = np.asarray(X, np.float64)
-    k = 0
-    for layer in model.layers:
-        if isinstance(layer, Dense):
-            h = h @ weights[k]
-            k += 1
-            if layer.has_bias:
-                h = h + weights[k]
-                k += 1
-        elif isinstance(layer, BatchNorm):
-            gamma, beta, mean, var = weights[k:k + 4]
-            k += 4
-            if training:
-                h = batchnorm_train(h, gamma, beta, layer.eps)[0]
-            else:
-                h = gamma * (h - mean) / np.sqrt(var + layer.eps) + beta
-        elif isinstance(layer, ReLU):
-            h = np.where(h > 0, h, 0.0)
-        elif isinstance(layer, LeakyReLU):
-            h = np.where(h > 0, h, layer.alpha * h)
-        elif isinstance(layer, Tanh):
-            h = np.tanh(h)
-        elif isinstance(layer, Sigmoid):
-            h = 1.0 / (1.0 + np.exp(-h))
-        elif isinstance(layer, Softmax):
-            z = h - h.max(axis=1, keepdims=True)
-            h = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
-        elif isinstance(layer, Dropout):
-            assert not training
-        else:  # pragma: no cover - a layer this helper does not know
-            raise AssertionError(type(layer))
-    assert k == len(weights)
-    return h
-
-
 def _data(n, d, seed=0):
     rng = np.random.default_rng(seed)
     return rng.standard_normal((n, d)) * 1.5 + 0.3
@@ -132,7 +94,7 @@ def test_gradient_check_classifier_all_activations(backend, loss_kind):
     value = _check_gradient(model, X, y, sample_weight=sample_weight)
 
     # The loss itself against an independent forward (training-mode BatchNorm).
-    probs = _reference_forward(model, X, training=True)
+    probs = model_forward(model, X, training=True)
     logits = np.log(probs)  # log-softmax of the logits, which cross_entropy re-normalises
     if loss_kind == "plain":
         expected = cross_entropy(logits, y)
@@ -152,7 +114,7 @@ def test_gradient_check_mse_regressor(backend):
                               input_dim=4, dtype="float64", seed=7)
     assert type(model.loss).__name__ == "MeanSquaredError"
     value = _check_gradient(model, X, y)
-    out = _reference_forward(model, X, training=True)
+    out = model_forward(model, X, training=True)
     assert value == pytest.approx(float(np.mean((out - y) ** 2)), rel=1e-10)
 
 
@@ -181,7 +143,7 @@ def test_gradient_check_standalone_softmax_with_mse(backend):
     assert not model.fused_softmax
     assert model._train_layers[-1] is model.layers[-1]  # the Softmax runs in training
     value = _check_gradient(model, X, targets)
-    probs = _reference_forward(model, X, training=True)
+    probs = model_forward(model, X, training=True)
     assert value == pytest.approx(float(np.mean((probs - targets) ** 2)), rel=1e-10)
 
 
@@ -243,7 +205,7 @@ def test_get_weights_keras_order_and_semantics():
     weights[0][...] = 0
     assert np.abs(model.layers[0].p["kernel"]).max() > 0
     # The eval forward rebuilt from the list (kernel as (in, out)) is what predict computes.
-    np.testing.assert_allclose(model.predict_proba(X), _reference_forward(model, X, False),
+    np.testing.assert_allclose(model.predict_proba(X), model_forward(model, X),
                                rtol=1e-4, atol=1e-5)
 
 
@@ -257,7 +219,7 @@ def test_set_weights_round_trip_and_copies():
     new[0][...] = 7.0
     assert not np.any(model.get_weights()[0] == 7.0)
     X = _data(10, 5, seed=23)
-    np.testing.assert_allclose(model.predict_proba(X), _reference_forward(model, X, False),
+    np.testing.assert_allclose(model.predict_proba(X), model_forward(model, X),
                                rtol=1e-4, atol=1e-5)
 
 

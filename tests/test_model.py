@@ -9,45 +9,15 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from reference import model_forward
 
 import fastnn
 from fastnn.callbacks import EarlyStopping
-from fastnn.layers import BatchNorm, Dense, Dropout, LeakyReLU, ReLU, Sigmoid, Softmax, Tanh
+from fastnn.layers import BatchNorm, Dense, Dropout, LeakyReLU, ReLU, Softmax, Tanh
 
 # ----------------------------------------------------------------------------------------
 # Helpers
 # ----------------------------------------------------------------------------------------
-
-
-def _reference_eval(model, X):
-    """Independent float64 eval forward from get_weights() (Keras order)."""
-    weights = [np.asarray(w, np.float64) for w in model.get_weights()]
-    h = np.asarray(X, np.float64)
-    k = 0
-    for layer in model.layers:
-        if isinstance(layer, Dense):
-            h = h @ weights[k]
-            k += 1
-            if layer.has_bias:
-                h = h + weights[k]
-                k += 1
-        elif isinstance(layer, BatchNorm):
-            gamma, beta, mean, var = weights[k:k + 4]
-            k += 4
-            h = gamma * (h - mean) / np.sqrt(var + layer.eps) + beta
-        elif isinstance(layer, ReLU):
-            h = np.maximum(h, 0.0)
-        elif isinstance(layer, LeakyReLU):
-            h = np.where(h > 0, h, layer.alpha * h)
-        elif isinstance(layer, Tanh):
-            h = np.tanh(h)
-        elif isinstance(layer, Sigmoid):
-            h = 1.0 / (1.0 + np.exp(-h))
-        elif isinstance(layer, Softmax):
-            z = np.exp(h - h.max(axis=1, keepdims=True))
-            h = z / z.sum(axis=1, keepdims=True)
-    assert k == len(weights)
-    return h
 
 
 def _blobs(n, d, centers, seed, spread=4.0):
@@ -102,7 +72,7 @@ def test_folded_inference_equals_unfolded_and_reference(backend, dtype, blobs):
         assert folded.dtype == unfolded.dtype == np.dtype(dtype)
         np.testing.assert_allclose(folded, unfolded, **FOLD_TOL[dtype])
     np.testing.assert_array_equal(model._states, states)  # inference never updates state
-    reference = _reference_eval(model, X.astype(dtype))
+    reference = model_forward(model, X.astype(dtype))
     np.testing.assert_allclose(model.predict_proba(X), reference, **REF_TOL[dtype])
     # The plan really folds: one affine step per Dense, no BatchNorm layer left.
     plan = model._inference_plan()
@@ -137,7 +107,7 @@ def test_predict_in_chunks_matches_reference(backend):
     model = fastnn.Sequential([Dense(5), BatchNorm(), ReLU(), Dense(3), Softmax()],
                               dtype="float64", seed=1)
     model.fit(X[:200], y[:200], epochs=1, batch_size=50, verbose=0)
-    np.testing.assert_allclose(model.predict_proba(X), _reference_eval(model, X),
+    np.testing.assert_allclose(model.predict_proba(X), model_forward(model, X),
                                rtol=1e-10, atol=1e-12)
 
 
@@ -482,7 +452,7 @@ def test_evaluate_matches_independent_loss_and_accuracy(backend):
                               dtype="float64", seed=6)
     model.fit(X0, Y0, epochs=3, batch_size=8, verbose=0)
     weights = np.random.default_rng(7).uniform(0.0, 2.0, N)
-    probs = _reference_eval(model, X0)
+    probs = model_forward(model, X0)
     rows = -np.log(probs[np.arange(N), Y0])
     result = model.evaluate(X0, Y0, sample_weight=weights)
     assert result["loss"] == pytest.approx(np.dot(weights, rows) / weights.sum(), rel=1e-10)
