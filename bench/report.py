@@ -261,10 +261,10 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError) as exc:
         parser.error(f"cannot read {args.results}: {exc}")
     steps = load_train_steps(data)
-    if not rows and not steps:
-        parser.error(
-            f"{args.results} holds no bench/test_kernels.py or bench/test_train_step.py results"
-        )
+    if not rows and not steps and not any(
+            b.get("extra_info", {}).get("kernel") == "sklearn-digits"
+            for b in data.get("benchmarks", [])):
+        parser.error(f"{args.results} holds no fastnn benchmark results")
     analyse(rows)
     analyse_train_steps(steps)
 
@@ -280,7 +280,28 @@ def main(argv: list[str] | None = None) -> int:
         print_kernels(rows, args.markdown)
     if steps:
         print_train_steps(steps, args.markdown, leading_blank=bool(rows))
+    print_sklearn(data, args.markdown)
     return 0
+
+
+def print_sklearn(data: dict, markdown: bool) -> None:
+    """FastNNClassifier vs MLPClassifier on digits (bench/test_sklearn.py), if present."""
+    fits = {b["extra_info"]["impl"]: b for b in data.get("benchmarks", [])
+            if b.get("extra_info", {}).get("kernel") == "sklearn-digits"}
+    if not fits:
+        return
+    print(f"\n{'## ' if markdown else ''}FastNNClassifier vs MLPClassifier, digits, same "
+          "hidden sizes, batch, Adam rate and epochs\n")
+    base = fits.get("fastnn")
+    body = []
+    for impl, bench in sorted(fits.items()):
+        info = bench["extra_info"]
+        median = bench["stats"]["median"]
+        ratio = "1.00" if base is None or impl == "fastnn" else \
+            f"{median / base['stats']['median']:.2f}"
+        body.append([impl, _ms(median / info["epochs"]), f"{info['accuracy']:.4f}", ratio])
+    print(table(["estimator", "ms per epoch", "test accuracy", "time / fastnn's"], body,
+                markdown))
 
 
 def print_kernels(rows: list[dict], markdown: bool) -> None:

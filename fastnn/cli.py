@@ -163,7 +163,7 @@ def _build_optimizer(args):
         lr = {
             "inverse_time": lambda: schedules.InverseTimeDecay(lr, decay_rate=rate),
             "exponential": lambda: schedules.ExponentialDecay(lr, rate=min(rate, 1.0)),
-            "inverse_sqrt": lambda: schedules.InverseSqrtDecay(lr, k=rate),
+            "inverse_sqrt": lambda: schedules.InverseSqrtDecay(lr, k=1.0),
             "step": lambda: schedules.StepDecay(lr, drop=min(rate, 1.0), every=10),
             "cosine": lambda: schedules.CosineDecay(lr, total=max(args.epochs, 1)),
         }[args.decay]()
@@ -270,7 +270,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="learning-rate decay per epoch (default cosine, to 0 at the last "
                             "epoch)")
     train.add_argument("--decay-rate", type=_positive_float, default=0.1,
-                       help="the decay's k, rate or drop (default 0.1)")
+                       help="inverse_time's k, exponential's factor, step's drop every 10 "
+                            "epochs (default 0.1)")
     train.add_argument("--label-smoothing", type=_fraction, default=0.0)
     train.add_argument("--epochs", type=_positive_int, default=30)
     train.add_argument("--batch-size", type=_positive_int, default=32)

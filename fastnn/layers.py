@@ -66,6 +66,16 @@ class Layer:
     def bind(self, params: dict, grads: dict, states: dict) -> None:
         self.p, self.g, self.s = params, grads, states
 
+    def __getstate__(self) -> dict:
+        """Configuration and build facts only: views, buffers and caches are not pickled
+        (the model re-binds the views; buffers are recreated on demand)."""
+        drop = {"p", "g", "s", "_buffers", "_caches", "_cache", "_x", "_out", "_mask"}
+        state = {k: v for k, v in self.__dict__.items() if k not in drop}
+        state.update(p={}, g={}, s={}, _buffers={})
+        if "_caches" in self.__dict__:
+            state.update(_caches={}, _cache=None)
+        return state
+
     def _buffer(self, name: str, shape: tuple, dtype=None) -> np.ndarray:
         """A scratch array reused across calls with the same shape."""
         key = (name, shape)

@@ -170,6 +170,15 @@ class Sequential:
         self._params = np.zeros(n_params, self.dtype)
         self._grads = np.zeros(n_params, self.dtype)
         self._states = np.zeros(n_states, self.dtype)
+        self._bind_views()
+        rng = np.random.default_rng(self.seed)
+        for layer in self.layers:
+            layer.initialize(rng)
+        _warm_up_blas()
+        return self
+
+    def _bind_views(self) -> None:
+        """Point every layer's parameters, gradients and state at its slices of the buffers."""
         p_off = s_off = 0
         for layer in self.layers:
             params, grads, states = {}, {}, {}
@@ -183,11 +192,20 @@ class Sequential:
                 states[name] = self._states[s_off:s_off + size].reshape(shape)
                 s_off += size
             layer.bind(params, grads, states)
-        rng = np.random.default_rng(self.seed)
-        for layer in self.layers:
-            layer.initialize(rng)
-        _warm_up_blas()
-        return self
+
+    # Pickling (scikit-learn estimators, process pools): NumPy pickles a view as a copy,
+    # so the layers' views are dropped and re-bound to the unpickled flat buffers.
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["layers"] = [layer.__class__.__new__(layer.__class__) for layer in self.layers]
+        for fresh, layer in zip(state["layers"], self.layers, strict=True):
+            fresh.__dict__.update(layer.__getstate__())
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        if self._params is not None:
+            self._bind_views()
 
     @property
     def n_params(self) -> int:
@@ -216,14 +234,16 @@ class Sequential:
     # Inference: BatchNorm folded into the preceding Dense
     # ------------------------------------------------------------------------------------
 
-    def _inference_plan(self, logits: bool = False) -> list[tuple]:
+    def _inference_plan(self, logits: bool = False, dtype=None) -> list[tuple]:
         """Steps of the eval-mode forward: ("affine", W, b), ("scale", a, b), ("layer", L).
 
         Each Dense followed by a BatchNorm becomes one affine map (computed in float64,
         then cast): ``W' = W * scale``, ``b' = b * scale + shift`` with the BatchNorm's
         ``scale = gamma / sqrt(running_var + eps)``, ``shift = beta - running_mean * scale``.
-        With ``logits=True`` a fused final Softmax is left out.
+        With ``logits=True`` a fused final Softmax is left out; ``dtype`` (default the
+        model's) is the precision of the folded weights.
         """
+        dtype = self.dtype if dtype is None else np.dtype(dtype)
         layers = self._train_layers if logits else self.layers
         steps, i = [], 0
         while i < len(layers):
@@ -236,24 +256,30 @@ class Sequential:
                     scale, shift = layers[i + 1].scale_shift()
                     kernel, bias = kernel * scale, bias * scale + shift
                     i += 1
-                steps.append(("affine", kernel.astype(self.dtype), bias.astype(self.dtype)))
+                steps.append(("affine", kernel.astype(dtype), bias.astype(dtype)))
             elif isinstance(layer, BatchNorm):
                 scale, shift = layer.scale_shift()
-                steps.append(("scale", scale.astype(self.dtype), shift.astype(self.dtype)))
+                steps.append(("scale", scale.astype(dtype), shift.astype(dtype)))
             elif not isinstance(layer, Dropout):
                 steps.append(("layer", layer))
             i += 1
         return steps
 
-    def _infer(self, X: np.ndarray, *, logits: bool = False, fold: bool = True) -> np.ndarray:
+    def _infer(self, X: np.ndarray, *, logits: bool = False, fold: bool = True,
+               dtype=None) -> np.ndarray:
         """Eval-mode outputs, chunk by chunk (``logits``: without a fused final Softmax).
 
         ``fold=False`` runs the layers one by one instead (BatchNorm unfolded): the same
-        result within float tolerance, kept for testing the folded path.
+        result within float tolerance, kept for testing the folded path. ``dtype``
+        (folded path only) computes in another precision, e.g. float64 predictions from
+        a float32 model, whose rows then do not depend on the rest of the batch even to
+        the last float32 bit.
         """
         width = self._train_layers[-1].output_dim if logits else self.output_dim
-        out = np.empty((X.shape[0], width), self.dtype)
-        plan = self._inference_plan(logits) if fold else [
+        if dtype is not None and fold:
+            X = np.ascontiguousarray(X, dtype=dtype)
+        out = np.empty((X.shape[0], width), X.dtype if dtype is not None and fold else self.dtype)
+        plan = self._inference_plan(logits, dtype) if fold else [
             ("layer", layer) for layer in (self._train_layers if logits else self.layers)]
         for start in range(0, X.shape[0], _PREDICT_CHUNK):
             h = X[start:start + _PREDICT_CHUNK]

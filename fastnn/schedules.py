@@ -10,6 +10,7 @@ taken (0 before the first). The course's decays, with ``a0`` the initial rate:
 ``InverseTimeDecay``       ``a0 / (1 + decay_rate * t)``
 ``ExponentialDecay``       ``a0 * rate ** t``
 ``InverseSqrtDecay``       ``a0 * k / sqrt(t + 1)``  (``k/sqrt(epoch_num)``)
+``PowerDecay``             ``a0 / (t + 1) ** power``  (MLPClassifier's invscaling)
 ``StepDecay``              ``a0 * drop ** floor(t / every)``  (staircase)
 ``CosineDecay``            ``min_lr + (a0 - min_lr) (1 + cos(pi min(t, T) / T)) / 2``
 =========================  ==========================================
@@ -31,6 +32,7 @@ __all__ = [
     "ExponentialDecay",
     "InverseSqrtDecay",
     "InverseTimeDecay",
+    "PowerDecay",
     "Schedule",
     "StepDecay",
     "from_config",
@@ -130,6 +132,20 @@ class InverseSqrtDecay(Schedule):
         return {"k": self.k}
 
 
+class PowerDecay(Schedule):
+    """``lr / (t + 1) ** power``: MLPClassifier's ``invscaling`` (usually per step)."""
+
+    def __init__(self, lr: float, power: float = 0.5, *, per_step: bool = False) -> None:
+        super().__init__(lr, per_step=per_step)
+        self.power = _positive("power", power, allow_zero=True)
+
+    def _rate(self, t: int) -> float:
+        return self.lr / (t + 1.0) ** self.power
+
+    def _extra_config(self) -> dict:
+        return {"power": self.power}
+
+
 class StepDecay(Schedule):
     """Staircase: ``lr * drop ** floor(t / every)``."""
 
@@ -172,7 +188,7 @@ class CosineDecay(Schedule):
 
 
 _CLASSES = {cls.__name__: cls for cls in (Constant, InverseTimeDecay, ExponentialDecay,
-                                          InverseSqrtDecay, StepDecay, CosineDecay)}
+                                          InverseSqrtDecay, PowerDecay, StepDecay, CosineDecay)}
 
 
 def from_config(config: dict) -> Schedule:
