@@ -100,7 +100,12 @@ def _positive_int(text: str) -> int:
 
 
 ACTIVATIONS = ("relu", "tanh", "leaky_relu", "sigmoid")
-DECAYS = ("none", "inverse_time", "exponential", "inverse_sqrt", "step", "cosine")
+
+
+def _decay_names() -> tuple[str, ...]:
+    from .schedules import DECAYS
+
+    return DECAYS
 
 
 def _hidden_sizes(text: str) -> list[int]:
@@ -136,20 +141,11 @@ def _positive_float(text: str) -> float:
 
 def _build_model(args, n_classes: int):
     from . import Sequential
-    from .layers import BatchNorm, Dense, Dropout, LeakyReLU, ReLU, Sigmoid, Softmax, Tanh
+    from .layers import mlp
     from .losses import SoftmaxCrossEntropy
 
-    activation = {"relu": ReLU, "tanh": Tanh, "leaky_relu": LeakyReLU, "sigmoid": Sigmoid}
-    init = "he" if args.activation in ("relu", "leaky_relu") else "glorot"
-    layers = []
-    for width in args.hidden:
-        layers.append(Dense(width, kernel_initializer=init))
-        if args.batch_norm:
-            layers.append(BatchNorm())
-        layers.append(activation[args.activation]())
-        if args.dropout:
-            layers.append(Dropout(args.dropout))
-    layers += [Dense(n_classes, kernel_initializer="glorot"), Softmax()]
+    layers = mlp(args.hidden, n_classes, activation=args.activation,
+                 batch_norm=args.batch_norm, dropout=args.dropout)
     return Sequential(layers, dtype=args.dtype, seed=args.seed,
                       loss=SoftmaxCrossEntropy(label_smoothing=args.label_smoothing))
 
@@ -157,16 +153,7 @@ def _build_model(args, n_classes: int):
 def _build_optimizer(args):
     from . import optimizers, schedules
 
-    lr = args.lr
-    if args.decay != "none":
-        rate = args.decay_rate
-        lr = {
-            "inverse_time": lambda: schedules.InverseTimeDecay(lr, decay_rate=rate),
-            "exponential": lambda: schedules.ExponentialDecay(lr, rate=min(rate, 1.0)),
-            "inverse_sqrt": lambda: schedules.InverseSqrtDecay(lr, k=1.0),
-            "step": lambda: schedules.StepDecay(lr, drop=min(rate, 1.0), every=10),
-            "cosine": lambda: schedules.CosineDecay(lr, total=max(args.epochs, 1)),
-        }[args.decay]()
+    lr = schedules.decay(args.decay, args.lr, rate=args.decay_rate, total=args.epochs)
     return {"adam": lambda: optimizers.Adam(lr), "adamw": lambda: optimizers.AdamW(lr),
             "sgd": lambda: optimizers.SGD(lr, momentum=0.9, nesterov=True),
             "rmsprop": lambda: optimizers.RMSprop(lr)}[args.optimizer]()
@@ -266,7 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
                        default="adam")
     train.add_argument("--lr", type=_positive_float, default=3e-3,
                        help="initial learning rate (default 3e-3)")
-    train.add_argument("--decay", choices=DECAYS, default="cosine",
+    train.add_argument("--decay", choices=_decay_names(), default="cosine",
                        help="learning-rate decay per epoch (default cosine, to 0 at the last "
                             "epoch)")
     train.add_argument("--decay-rate", type=_positive_float, default=0.1,

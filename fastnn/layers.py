@@ -28,6 +28,7 @@ __all__ = [
     "Softmax",
     "Tanh",
     "from_config",
+    "mlp",
 ]
 
 _INITIALIZERS = ("he", "glorot", "lecun", "normal", "zeros")
@@ -414,3 +415,47 @@ def from_config(config: dict) -> Layer:
     if name not in _CLASSES:
         raise ValueError(f"unknown layer class {name!r}; expected one of {sorted(_CLASSES)}")
     return _CLASSES[name](**config.get("config", {}))
+
+
+_ACTIVATION_NAMES = {"relu": ReLU, "leaky_relu": LeakyReLU, "tanh": Tanh, "sigmoid": Sigmoid,
+                     "logistic": Sigmoid}
+
+
+def mlp(hidden, n_outputs: int, *, activation="relu", batch_norm: bool = True,
+        dropout: float = 0.0, softmax: bool = True) -> list[Layer]:
+    """The layers of a multi-layer perceptron, in the course's order.
+
+    Each hidden width gets ``Dense`` (He initialisation for ReLU-like activations,
+    Glorot otherwise), then ``BatchNorm`` (if asked; the Dense then has no bias), the
+    activation and ``Dropout`` (if ``dropout > 0``); then the output ``Dense`` and, for a
+    classifier, ``Softmax``.
+
+    Parameters
+    ----------
+    hidden : sequence of int
+    n_outputs : int
+    activation : str or Layer class
+        "relu", "leaky_relu", "tanh", "sigmoid" (alias "logistic"), or a Layer subclass.
+    batch_norm, dropout, softmax : as described above.
+
+    >>> [type(layer).__name__ for layer in mlp([8], 3)]
+    ['Dense', 'BatchNorm', 'ReLU', 'Dense', 'Softmax']
+    """
+    if isinstance(activation, str):
+        if activation not in _ACTIVATION_NAMES:
+            raise ValueError(f"activation must be one of {sorted(_ACTIVATION_NAMES)} or a "
+                             f"Layer class; got {activation!r}")
+        activation = _ACTIVATION_NAMES[activation]
+    init = "he" if activation in (ReLU, LeakyReLU) else "glorot"
+    layers: list[Layer] = []
+    for width in hidden:
+        layers.append(Dense(width, kernel_initializer=init))
+        if batch_norm:
+            layers.append(BatchNorm())
+        layers.append(activation())
+        if dropout:
+            layers.append(Dropout(dropout))
+    layers.append(Dense(n_outputs, kernel_initializer="glorot"))
+    if softmax:
+        layers.append(Softmax())
+    return layers

@@ -35,6 +35,7 @@ __all__ = [
     "PowerDecay",
     "Schedule",
     "StepDecay",
+    "decay",
     "from_config",
 ]
 
@@ -200,3 +201,29 @@ def from_config(config: dict) -> Schedule:
     lr = config.pop("lr")
     per_step = config.pop("per_step", False)
     return _CLASSES[name](lr, per_step=per_step, **config)
+
+
+DECAYS = ("none", "inverse_time", "exponential", "inverse_sqrt", "step", "cosine")
+
+
+def decay(kind: str, lr: float, *, rate: float = 0.1, total: int = 100):
+    """A per-epoch decay by name (for command lines and estimators), or ``lr`` for "none".
+
+    ``rate`` is inverse_time's k, exponential's factor (at most 1) and step's drop (every
+    10 epochs, at most 1); inverse_sqrt is ``lr / sqrt(epoch + 1)``; cosine reaches 0
+    at epoch ``total``.
+
+    >>> decay("inverse_time", 0.1, rate=1.0)(1)
+    0.05
+    """
+    makers = {
+        "none": lambda: lr,
+        "inverse_time": lambda: InverseTimeDecay(lr, decay_rate=rate),
+        "exponential": lambda: ExponentialDecay(lr, rate=min(rate, 1.0)),
+        "inverse_sqrt": lambda: InverseSqrtDecay(lr, k=1.0),
+        "step": lambda: StepDecay(lr, drop=min(rate, 1.0), every=10),
+        "cosine": lambda: CosineDecay(lr, total=max(int(total), 1)),
+    }
+    if kind not in makers:
+        raise ValueError(f"decay must be one of {DECAYS}; got {kind!r}")
+    return makers[kind]()

@@ -50,13 +50,13 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
 
 from . import optimizers, schedules
 from .callbacks import Callback
-from .layers import BatchNorm, Dense, Dropout, ReLU, Sigmoid, Softmax, Tanh
+from .layers import ReLU, Sigmoid, Tanh, mlp
 from .losses import MeanSquaredError, SoftmaxCrossEntropy
 from .model import Sequential
 
 __all__ = ["FastNNClassifier", "FastNNRegressor"]
 
-_DECAYS = {"inverse_time", "exponential", "inverse_sqrt", "step", "cosine"}
+_DECAYS = set(schedules.DECAYS) - {"none"}
 
 
 class _Identity(ReLU):
@@ -219,34 +219,19 @@ class _BaseFastNN(BaseEstimator):
         return int(rs.randint(np.iinfo(np.int32).max))  # a RandomState
 
     def _build_model(self, n_outputs: int, seed: int) -> Sequential:
-        layers = []
-        for width in self._hidden_sizes():
-            init = "he" if self.activation == "relu" else "glorot"
-            layers.append(Dense(width, kernel_initializer=init))
-            if self.batch_norm:
-                layers.append(BatchNorm())
-            layers.append(_ACTIVATIONS[self.activation]())
-            if self.dropout:
-                layers.append(Dropout(self.dropout))
-        layers.append(Dense(n_outputs, kernel_initializer="glorot"))
-        if self._is_classifier:
-            layers.append(Softmax())
+        layers = mlp(self._hidden_sizes(), n_outputs, activation=_ACTIVATIONS[self.activation],
+                     batch_norm=self.batch_norm, dropout=self.dropout,
+                     softmax=self._is_classifier)
         return Sequential(layers, dtype=self.dtype, seed=seed, loss=self._make_loss())
 
     def _rate(self, n_samples: int):
-        lr, kind = self.learning_rate_init, self.learning_rate
-        if kind == "invscaling":
-            return schedules.PowerDecay(lr, power=self.power_t, per_step=True)
-        if kind in _DECAYS:
-            rate = self.decay_rate
-            return {
-                "inverse_time": lambda: schedules.InverseTimeDecay(lr, decay_rate=rate),
-                "exponential": lambda: schedules.ExponentialDecay(lr, rate=min(rate, 1.0)),
-                "inverse_sqrt": lambda: schedules.InverseSqrtDecay(lr, k=1.0),
-                "step": lambda: schedules.StepDecay(lr, drop=min(rate, 1.0), every=10),
-                "cosine": lambda: schedules.CosineDecay(lr, total=self.max_iter),
-            }[kind]()
-        return lr
+        if self.learning_rate == "invscaling":
+            return schedules.PowerDecay(self.learning_rate_init, power=self.power_t,
+                                        per_step=True)
+        if self.learning_rate in _DECAYS:
+            return schedules.decay(self.learning_rate, self.learning_rate_init,
+                                   rate=self.decay_rate, total=self.max_iter)
+        return self.learning_rate_init
 
     def _make_optimizer(self, n_samples: int, batch_size: int):
         lr = self._rate(n_samples)

@@ -143,7 +143,7 @@ def test_console_script_installed():
     assert done.returncode == 0 and "fastnn" in done.stdout
 
 
-@pytest.mark.parametrize("module", [fastnn, ops, fastnn.schedules, fastnn.trainer,
+@pytest.mark.parametrize("module", [fastnn, ops, fastnn.schedules, fastnn.trainer, fastnn.layers,
                                     fastnn.model])
 def test_docstring_examples(module):
     result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
