@@ -119,24 +119,22 @@ def _hidden_sizes(text: str) -> list[int]:
     return sizes
 
 
-def _fraction(text: str) -> float:
+def _number(text: str, *, low: float, high: float, low_open: bool, what: str) -> float:
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number; got {text!r}") from None
-    if not 0.0 <= value < 1.0:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1); got {value}")
+    if not ((value > low if low_open else value >= low) and value < high):
+        raise argparse.ArgumentTypeError(f"expected {what}; got {text}")
     return value
+
+
+def _fraction(text: str) -> float:
+    return _number(text, low=0.0, high=1.0, low_open=False, what="a number in [0, 1)")
 
 
 def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number; got {text!r}") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a positive number; got {text}")
-    return value
+    return _number(text, low=0.0, high=float("inf"), low_open=True, what="a positive number")
 
 
 def _build_model(args, n_classes: int):

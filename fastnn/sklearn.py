@@ -72,6 +72,13 @@ class _Identity(ReLU):
 _ACTIVATIONS = {"relu": ReLU, "tanh": Tanh, "logistic": Sigmoid, "identity": _Identity}
 
 
+def _stalled(count: int, value: float, best: float, tol: float, maximize: bool = False) -> int:
+    """MLPClassifier's plateau count: reset when ``value`` beats ``best`` by more than
+    ``tol``, else one more epoch without improvement."""
+    improved = value > best + tol if maximize else value < best - tol
+    return 0 if improved else count + 1
+
+
 class _Adaptive(Callback):
     """MLPClassifier's ``learning_rate="adaptive"``: divide the rate by 5 each time the
     training loss fails to fall by ``tol`` for two epochs in a row."""
@@ -83,10 +90,7 @@ class _Adaptive(Callback):
 
     def on_epoch_end(self, epoch, logs=None) -> None:
         loss = logs["loss"]
-        if loss > self.best - self.tol:
-            self.bad += 1
-        else:
-            self.bad = 0
+        self.bad = _stalled(self.bad, loss, self.best, self.tol)
         self.best = min(self.best, loss)
         if self.bad >= 2:
             self.model.optimizer.lr = self.model.optimizer.lr / 5.0
@@ -113,19 +117,14 @@ class _StopOnPlateau(Callback):
         if self.score_fn is not None:
             score = float(self.score_fn())
             est.validation_scores_.append(score)
-            if score > est.best_validation_score_ + self.tol:
-                self.stalled = 0
-            else:
-                self.stalled += 1
+            self.stalled = _stalled(self.stalled, score, est.best_validation_score_, self.tol,
+                                    maximize=True)
             if score > est.best_validation_score_:
                 est.best_validation_score_ = score
                 est._best_params = (self.model._params.copy(), self.model._states.copy())
         else:
             loss = logs["loss"]
-            if loss > est.best_loss_ - self.tol:
-                self.stalled += 1
-            else:
-                self.stalled = 0
+            self.stalled = _stalled(self.stalled, loss, est.best_loss_, self.tol)
             est.best_loss_ = min(est.best_loss_, loss)
         if self.stalled >= self.n_iter_no_change:
             self.stopped = True
