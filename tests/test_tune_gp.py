@@ -1,0 +1,295 @@
+"""fastnn.tune.gp: Matérn 5/2 kernel, fitted hyperparameters, posterior, expected improvement.
+
+Expected values come from independent float64 formulas written here (scalar loops
+with the math module, numpy.linalg.solve/slogdet), never from the module itself.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from fastnn.tune.gp import GaussianProcess, expected_improvement, matern52
+
+
+def matern_reference(X1, X2, length_scale, variance):
+    """Scalar-loop Matérn 5/2."""
+    ell = np.broadcast_to(length_scale, (X1.shape[1],))
+    K = np.empty((len(X1), len(X2)))
+    for i, a in enumerate(X1):
+        for j, b in enumerate(X2):
+            r = math.sqrt(sum(((p - q) / s) ** 2 for p, q, s in zip(a, b, ell, strict=True)))
+            s5r = math.sqrt(5) * r
+            K[i, j] = variance * (1 + s5r + 5 * r * r / 3) * math.exp(-s5r)
+    return K
+
+
+def ei_reference(mean, std, best, xi):
+    if std == 0:
+        return max(mean - best - xi, 0.0)
+    z = (mean - best - xi) / std
+    cdf = 0.5 * (1 + math.erf(z / math.sqrt(2)))
+    pdf = math.exp(-z * z / 2) / math.sqrt(2 * math.pi)
+    return (mean - best - xi) * cdf + std * pdf
+
+
+# ---------------------------------------------------------------------------- kernel
+
+def test_matern_matches_the_formula_with_ard():
+    rng = np.random.default_rng(0)
+    X1, X2 = rng.random((7, 3)), rng.random((5, 3))
+    ell = np.array([0.3, 1.2, 0.05])
+    np.testing.assert_allclose(matern52(X1, X2, ell, 2.5), matern_reference(X1, X2, ell, 2.5),
+                               rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(matern52(X1, X2, 0.4), matern_reference(X1, X2, 0.4, 1.0),
+                               rtol=1e-12, atol=1e-14)
+
+
+def test_matern_known_values():
+    # r = 1: (1 + √5 + 5/3) e^{-√5}; r = 0: the variance
+    expected = (1 + math.sqrt(5) + 5 / 3) * math.exp(-math.sqrt(5))
+    K = matern52(np.array([[0.0], [2.0]]), np.array([[0.0], [2.0]]), 2.0, variance=3.0)
+    np.testing.assert_allclose(K, [[3.0, 3 * expected], [3 * expected, 3.0]], rtol=1e-14)
+
+
+def test_matern_decreases_with_distance():
+    r = np.linspace(0, 5, 200)[:, None]
+    k = matern52(np.zeros((1, 1)), r, 1.0)[0]
+    assert np.all(np.diff(k) < 0)
+    assert k[0] == 1.0 and k[-1] < 1e-3
+
+
+@settings(max_examples=50, deadline=None)
+@given(X=hnp.arrays(np.float64, st.tuples(st.integers(2, 25), st.integers(1, 4)),
+                    elements=st.floats(0, 1), unique=False),
+       ell=st.floats(0.05, 3.0))
+def test_matern_is_positive_semidefinite(X, ell):
+    K = matern52(X, X, ell)
+    np.testing.assert_allclose(K, K.T, rtol=0, atol=0)
+    assert np.linalg.eigvalsh(K).min() > -1e-9
+
+
+def test_matern_is_positive_definite_on_distinct_points():
+    X = np.random.default_rng(1).random((40, 3))
+    assert np.linalg.eigvalsh(matern52(X, X, 0.5)).min() > 1e-8
+
+
+def test_matern_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="length_scale"):
+        matern52(np.zeros((2, 2)), np.zeros((2, 2)), [1.0, 0.0])
+    with pytest.raises(ValueError, match="columns"):
+        matern52(np.zeros((2, 2)), np.zeros((2, 3)), 1.0)
+
+
+# ---------------------------------------------------------------------------- fit and posterior
+
+def sine_data(n=12, freq=6.0):
+    X = np.linspace(0, 1, n)[:, None]
+    return X, np.sin(freq * X[:, 0])
+
+
+def test_interpolates_noise_free_data():
+    X, y = sine_data()
+    gp = GaussianProcess(seed=0).fit(X, y)
+    mean, std = gp.predict(X)
+    np.testing.assert_allclose(mean, y, atol=1e-3)
+    assert std.max() < 0.02
+    # and between the points, a smooth function is predicted well
+    Xt = np.linspace(0.02, 0.98, 50)[:, None]
+    np.testing.assert_allclose(gp.predict(Xt, return_std=False), np.sin(6 * Xt[:, 0]), atol=0.02)
+
+
+def test_posterior_std_small_at_data_and_large_away():
+    X, y = sine_data(6)
+    gp = GaussianProcess(seed=0).fit(X, y)
+    _, at_data = gp.predict(X)
+    _, mid = gp.predict((X[:-1] + X[1:]) / 2)
+    _, far = gp.predict(np.array([[4.0], [-3.0]]))
+    prior_std = math.sqrt(gp.variance_) * gp.y_std_
+    assert at_data.max() < 0.05 * mid.min()
+    np.testing.assert_allclose(far, prior_std, rtol=1e-3)
+    assert np.all(mid < far[0])
+
+
+def test_predict_matches_the_posterior_formulas():
+    rng = np.random.default_rng(2)
+    X, Xt = rng.random((15, 2)), rng.random((6, 2))
+    y = 3.0 + 2.0 * np.cos(4 * X[:, 0]) + X[:, 1]
+    gp = GaussianProcess(seed=0).fit(X, y)
+    ys = (y - y.mean()) / y.std()
+    ell, s2, sn2 = gp.length_scale_, gp.variance_, gp.noise_
+    K = matern_reference(X, X, ell, s2) + sn2 * np.eye(len(X))
+    Ks = matern_reference(Xt, X, ell, s2)
+    mean = Ks @ np.linalg.solve(K, ys) * y.std() + y.mean()
+    var = s2 - np.einsum("ij,ji->i", Ks, np.linalg.solve(K, Ks.T))
+    m, s = gp.predict(Xt)
+    np.testing.assert_allclose(m, mean, rtol=1e-8, atol=1e-8)
+    np.testing.assert_allclose(s, np.sqrt(var) * y.std(), rtol=1e-6, atol=1e-8)
+
+
+def test_log_marginal_likelihood_matches_the_formula():
+    rng = np.random.default_rng(3)
+    X = rng.random((20, 2))
+    y = np.sin(3 * X[:, 0]) + 0.1 * rng.standard_normal(20)
+    gp = GaussianProcess(seed=0).fit(X, y)
+    ys = (y - y.mean()) / y.std()
+    for ell, s2, sn2 in [(gp.length_scale_, gp.variance_, gp.noise_), ([0.2, 0.7], 1.5, 0.05)]:
+        K = matern_reference(X, X, np.asarray(ell), s2) + sn2 * np.eye(20)
+        expected = (-0.5 * ys @ np.linalg.solve(K, ys) - 0.5 * np.linalg.slogdet(K)[1]
+                    - 10 * math.log(2 * math.pi))
+        assert gp.log_marginal_likelihood(ell, s2, sn2) == pytest.approx(expected, rel=1e-10)
+    assert gp.log_marginal_likelihood_ == pytest.approx(gp.log_marginal_likelihood(), abs=1e-8)
+
+
+def test_lml_gradient_matches_finite_differences():
+    rng = np.random.default_rng(4)
+    X = rng.random((25, 3))
+    y = np.sin(5 * X[:, 0]) + X[:, 1] ** 2 + 0.05 * rng.standard_normal(25)
+    ys = (y - y.mean()) / y.std()
+    D = np.moveaxis((X[:, None, :] - X[None, :, :]) ** 2, 2, 0).reshape(3, -1)
+    for ard, theta in [(True, np.log([0.3, 0.8, 2.0, 1.3, 0.02])),
+                       (False, np.log([0.5, 0.7, 0.1]))]:
+        gp = GaussianProcess(ard=ard)
+        _, grad = gp._lml_and_grad(theta, D, ys)
+        for i in range(len(theta)):
+            e = np.zeros_like(theta)
+            e[i] = 1e-6
+            numeric = (gp._lml_and_grad(theta + e, D, ys)[0]
+                       - gp._lml_and_grad(theta - e, D, ys)[0]) / 2e-6
+            assert grad[i] == pytest.approx(numeric, rel=1e-5, abs=1e-6)
+
+
+def test_fit_is_a_local_maximum_of_the_likelihood():
+    rng = np.random.default_rng(5)
+    X = rng.random((30, 2))
+    y = np.sin(6 * X[:, 0]) * np.cos(2 * X[:, 1]) + 0.05 * rng.standard_normal(30)
+    gp = GaussianProcess(seed=1).fit(X, y)
+    best = gp.log_marginal_likelihood()
+    params = {"length_scale": gp.length_scale_, "variance": gp.variance_, "noise": gp.noise_}
+    for name, value in params.items():
+        for factor in (0.8, 1.25):
+            trial = dict(params, **{name: np.asarray(value) * factor})
+            assert gp.log_marginal_likelihood(**trial) <= best + 1e-6
+
+
+def test_length_scale_follows_a_rescaling_of_the_inputs():
+    X, y = sine_data(15, freq=8.0)
+    a = GaussianProcess(seed=0).fit(X, y)
+    b = GaussianProcess(seed=0).fit(3 * X, y)
+    assert 0.05 < a.length_scale_[0] < 1.0
+    assert b.length_scale_[0] / a.length_scale_[0] == pytest.approx(3.0, rel=0.05)
+    # a slower function has a longer length scale
+    slow = GaussianProcess(seed=0).fit(X, np.sin(2.0 * X[:, 0]))
+    assert slow.length_scale_[0] > 2 * a.length_scale_[0]
+
+
+def test_ard_finds_the_irrelevant_dimension():
+    rng = np.random.default_rng(6)
+    X = rng.random((40, 2))
+    gp = GaussianProcess(seed=0).fit(X, np.sin(5 * X[:, 0]))
+    assert gp.length_scale_[1] > 5 * gp.length_scale_[0]
+    shared = GaussianProcess(ard=False, seed=0).fit(X, np.sin(5 * X[:, 0]))
+    assert shared.length_scale_[0] == shared.length_scale_[1]
+
+
+def test_noise_is_fitted_to_noisy_data():
+    rng = np.random.default_rng(7)
+    X = rng.random((60, 1))
+    y = np.sin(4 * X[:, 0]) + 0.3 * rng.standard_normal(60)
+    gp = GaussianProcess(seed=0).fit(X, y)
+    noise_var = gp.noise_ * gp.y_std_ ** 2  # back in the units of y
+    assert 0.3 ** 2 / 3 < noise_var < 0.3 ** 2 * 3
+    clean = GaussianProcess(seed=0).fit(*sine_data(20, 4.0))
+    assert clean.noise_ < 1e-3
+
+
+def test_fit_is_deterministic():
+    rng = np.random.default_rng(8)
+    X, y = rng.random((20, 3)), rng.random(20)
+    a = GaussianProcess(seed=3).fit(X, y)
+    b = GaussianProcess(seed=3).fit(X, y)
+    np.testing.assert_array_equal(a.length_scale_, b.length_scale_)
+    assert (a.variance_, a.noise_) == (b.variance_, b.noise_)
+
+
+def test_degenerate_data():
+    X = np.array([[0.2], [0.2], [0.5], [0.9]])  # a repeated point
+    gp = GaussianProcess(seed=0).fit(X, [1.0, 1.2, 0.0, 0.5])
+    assert np.all(np.isfinite(gp.predict(np.linspace(0, 1, 5)[:, None])[0]))
+    flat = GaussianProcess(seed=0).fit(np.random.default_rng(0).random((5, 2)), np.full(5, 7.0))
+    np.testing.assert_allclose(flat.predict(np.array([[0.5, 0.5]]))[0], 7.0)
+    one = GaussianProcess(seed=0).fit([[0.5]], [2.0])
+    assert one.predict([[0.5]])[0][0] == pytest.approx(2.0)
+
+
+def test_condition_believes_a_fantasy():
+    X, y = sine_data(6)
+    gp = GaussianProcess(seed=0).fit(X, y)
+    x = np.array([[0.5]])
+    m, s = gp.predict(x)
+    believer = gp.condition(x, m)
+    m2, s2 = believer.predict(x)
+    assert m2[0] == pytest.approx(m[0], abs=1e-6)
+    assert s2[0] < 0.1 * s[0]
+    np.testing.assert_array_equal(believer.length_scale_, gp.length_scale_)
+    assert len(believer.y_train_) == len(y) + 1 and len(gp.y_train_) == len(y)
+
+
+def test_errors():
+    with pytest.raises(ValueError, match="2-D"):
+        GaussianProcess().fit(np.zeros(3), np.zeros(3))
+    with pytest.raises(ValueError, match="same"):
+        GaussianProcess().fit(np.zeros((3, 1)), np.zeros(2))
+    with pytest.raises(ValueError, match="finite"):
+        GaussianProcess().fit(np.zeros((2, 1)), [0.0, np.nan])
+    with pytest.raises(RuntimeError, match="fit"):
+        GaussianProcess().predict(np.zeros((1, 1)))
+    with pytest.raises(ValueError, match="noise"):
+        GaussianProcess(noise=-1.0)
+    with pytest.raises(ValueError, match="length_scale_bounds"):
+        GaussianProcess(length_scale_bounds=(1.0, 0.1))
+
+
+# ---------------------------------------------------------------------------- expected improvement
+
+def test_ei_matches_the_closed_form():
+    means = [-3.0, -0.5, 0.0, 0.2, 1.0, 4.0]
+    stds = [0.0, 1e-3, 0.1, 1.0, 2.5]
+    mean, std = np.meshgrid(means, stds)
+    ei = expected_improvement(mean.ravel(), std.ravel(), best=0.1, xi=0.05)
+    expected = [ei_reference(m, s, 0.1, 0.05) for m, s in zip(mean.ravel(), std.ravel(),
+                                                               strict=True)]
+    np.testing.assert_allclose(ei, expected, rtol=1e-9, atol=1e-15)
+
+
+def test_ei_is_zero_where_the_mean_is_far_below_best():
+    ei = expected_improvement([-10.0, -30.0], [1.0, 1.0], best=0.0, xi=0.0)
+    assert np.all(ei >= 0) and ei[0] < 1e-20 and ei[1] < 1e-150
+
+
+def test_ei_is_the_gain_where_the_mean_is_far_above_best():
+    ei = expected_improvement([10.0], [0.5], best=0.0, xi=0.01)
+    assert ei[0] == pytest.approx(10.0 - 0.01, rel=1e-12)
+
+
+def test_ei_grows_with_mean_and_with_uncertainty():
+    stds = np.linspace(0.01, 3, 50)
+    assert np.all(np.diff(expected_improvement(np.zeros(50), stds, best=0.5)) > 0)
+    means = np.linspace(-2, 2, 50)
+    assert np.all(np.diff(expected_improvement(means, np.full(50, 0.3), best=0.5)) > 0)
+
+
+def test_ei_with_gp_prefers_the_unexplored_peak():
+    # data on a slope rising to the right edge: EI is largest beyond the best point
+    X = np.linspace(0, 0.6, 7)[:, None]
+    gp = GaussianProcess(seed=0).fit(X, X[:, 0])
+    grid = np.linspace(0, 1, 101)[:, None]
+    mean, std = gp.predict(grid)
+    ei = expected_improvement(mean, std, best=0.6, xi=0.01)
+    assert grid[np.argmax(ei), 0] > 0.6
+    assert np.all(ei[grid[:, 0] < 0.5] < 1e-3 * ei.max())
