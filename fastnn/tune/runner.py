@@ -1,0 +1,546 @@
+"""Running a study's trials: inline, in a process pool, or on any ``concurrent.futures.Executor``.
+
+The coordinator (the process that calls :func:`search`) is the only writer of the storage.
+It walks the trial numbers in order; before it proposes trial ``k`` it waits until every
+trial below ``strategy.barrier(k)`` has finished, and it keeps up to ``n_jobs`` trials in
+flight. Each trial is recorded as "running", with its params and seed, before it is handed
+to a worker; the worker runs the objective inside :func:`run_trial`, which turns an
+exception, a NaN or a non-number into a "failed" result and :class:`TrialPruned` into a
+"pruned" one, so the search goes on.
+
+What does not depend on the number of workers: the params and seed of every trial (they
+depend only on the study seed, the trial number and the trials below the strategy's
+barrier, which the runner waits for), hence for a deterministic objective every value.
+What does: pruning decisions (a trial is judged against the trials that had finished when
+it started) and the order in which results arrive.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import contextlib
+import dataclasses
+import math
+import multiprocessing
+import numbers
+import os
+import pickle
+import sys
+import time
+import traceback
+
+import numpy as np
+
+from .storage import FINISHED, MEMORY
+from .study import (
+    FrozenTrial,
+    Study,
+    Trial,
+    TrialPruned,
+    create_study,
+    format_params,
+    load_study,
+    trial_seed,
+)
+
+__all__ = ["load_study", "run_trial", "search"]
+
+#: Thread-count variables set to 1 in the environment of the process pool's workers.
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
+                    "BLIS_NUM_THREADS", "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")
+_ERROR_CHARS = 4000  # a stored error keeps at most this many characters
+
+
+# ------------------------------------------------------------------------------------------
+# The worker side
+# ------------------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Outcome:
+    """What a worker sends back for one trial."""
+
+    number: int
+    state: str
+    value: float | None
+    error: str | None
+    reports: dict
+    duration: float
+
+
+def _error_text(exc: BaseException) -> str:
+    """``"ValueError: message"`` then the last frames of the traceback."""
+    head = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+    frames = "".join(traceback.format_tb(exc.__traceback__, limit=-3)).rstrip()
+    text = f"{head}\nTraceback (last frames):\n{frames}" if frames else head
+    return text[:_ERROR_CHARS]
+
+
+def _as_value(raw) -> tuple[float | None, str | None]:
+    """The objective's return value as a finite float, or (None, why not)."""
+    if isinstance(raw, np.ndarray) and raw.ndim == 0:
+        raw = raw.item()
+    if isinstance(raw, bool) or not isinstance(raw, numbers.Real):
+        return None, (f"TypeError: the objective returned {type(raw).__name__} {raw!r:.60}; "
+                      "expected a float")
+    value = float(raw)
+    if not math.isfinite(value):
+        return None, f"ValueError: the objective returned {value!r}"
+    return value, None
+
+
+def run_trial(objective, trial: Trial) -> Outcome:
+    """Run ``objective(params, trial)`` and turn whatever happens into an :class:`Outcome`.
+
+    An exception (other than KeyboardInterrupt and SystemExit) or a return value that is
+    not a finite real number gives a "failed" outcome with the error text; TrialPruned
+    gives "pruned". Runs in the worker; module-level so that process pools can pickle it.
+    """
+    start = time.perf_counter()
+    try:
+        raw = objective(dict(trial.params), trial)
+    except TrialPruned:
+        return Outcome(trial.number, "pruned", None, None, dict(trial.reports),
+                       time.perf_counter() - start)
+    except Exception as exc:
+        return Outcome(trial.number, "failed", None, _error_text(exc), dict(trial.reports),
+                       time.perf_counter() - start)
+    duration = time.perf_counter() - start
+    value, problem = _as_value(raw)
+    state = "complete" if problem is None else "failed"
+    return Outcome(trial.number, state, value, problem, dict(trial.reports), duration)
+
+
+# ------------------------------------------------------------------------------------------
+# Executors
+# ------------------------------------------------------------------------------------------
+
+class _Inline:
+    """Runs each trial at once in this process; returns an already-finished future."""
+
+    limit = 1
+
+    def submit(self, fn, *args) -> cf.Future:
+        future: cf.Future = cf.Future()
+        future.set_result(fn(*args))  # KeyboardInterrupt propagates to the runner
+        return future
+
+
+@contextlib.contextmanager
+def single_threaded_children():
+    """Set the BLAS/OpenMP thread variables to 1 while the block runs (then restore them).
+
+    Processes started inside the block (the pool's workers, which start with the
+    environment of that moment, before NumPy loads) run their BLAS single-threaded, so
+    ``n_jobs`` workers use ``n_jobs`` cores.
+    """
+    saved = {name: os.environ.get(name) for name in THREAD_VARIABLES}
+    os.environ.update({name: "1" for name in THREAD_VARIABLES})
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def _pool_context():
+    methods = multiprocessing.get_all_start_methods()
+    return multiprocessing.get_context("spawn" if "spawn" in methods else methods[0])
+
+
+def _check_picklable(objective) -> None:
+    try:
+        pickle.dumps(objective)
+    except Exception as exc:
+        raise TypeError(
+            f"with n_jobs > 1 the objective is sent to worker processes and must be picklable "
+            f"(a function defined at module level, or an instance of a module-level class); "
+            f"got {objective!r} ({type(exc).__name__}: {exc}). Lambdas and closures work with "
+            "n_jobs=1") from None
+
+
+class _Pool:
+    """The runner's own process pool ("spawn" workers, one BLAS thread each), re-made if a
+    worker dies."""
+
+    def __init__(self, n_jobs: int) -> None:
+        self.limit = n_jobs
+        self._pool = self._new()
+
+    def _new(self) -> cf.ProcessPoolExecutor:
+        return cf.ProcessPoolExecutor(max_workers=self.limit, mp_context=_pool_context())
+
+    def submit(self, fn, *args) -> cf.Future:
+        return self._pool.submit(fn, *args)
+
+    def renew(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._pool = self._new()
+
+    def shutdown(self, *, cancel: bool) -> None:
+        """Shut the pool down; ``cancel``: also stop the workers' running trials (Ctrl-C)."""
+        if cancel:
+            # The executor has no public way to stop running work; without this the
+            # interpreter would wait at exit for the trials in flight to finish.
+            processes = getattr(self._pool, "_processes", None) or {}
+            for process in list(processes.values()):
+                with contextlib.suppress(Exception):
+                    process.terminate()
+        self._pool.shutdown(wait=not cancel, cancel_futures=cancel)
+
+
+class _Foreign:
+    """A caller's executor: used through ``submit`` only, never shut down."""
+
+    def __init__(self, executor, limit: int) -> None:
+        self._executor = executor
+        self.limit = limit
+
+    def submit(self, fn, *args) -> cf.Future:
+        return self._executor.submit(fn, *args)
+
+
+def _executor_width(executor) -> int:
+    """How many trials to keep in flight on a caller's executor when n_jobs is not given."""
+    width = getattr(executor, "_max_workers", None)
+    if width is None:
+        client = getattr(executor, "_client", None)  # dask.distributed's ClientExecutor
+        try:
+            width = sum(client.nthreads().values())
+        except Exception:
+            width = None
+    return int(width) if width else (os.cpu_count() or 1)
+
+
+# ------------------------------------------------------------------------------------------
+# The coordinator loop
+# ------------------------------------------------------------------------------------------
+
+class _Loop:
+    def __init__(self, study: Study, objective, dispatcher, total: int, *, timeout, callbacks,
+                 verbose: int, stream) -> None:
+        self.study = study
+        self.objective = objective
+        self.dispatcher = dispatcher
+        self.total = total
+        self.callbacks = callbacks
+        self.verbose = verbose
+        self.stream = stream
+        self.deadline = None if timeout is None else time.monotonic() + timeout
+        rows = study._storage.trial_rows()
+        self.rows = {row["number"]: row for row in rows}
+        self.finished: dict[int, FrozenTrial] = {
+            row["number"]: FrozenTrial.from_row(row) for row in rows
+            if row["state"] in FINISHED}
+        self.peers: dict[int, list[float]] = study._peers(self.finished)
+        self.inflight: dict[cf.Future, Trial] = {}
+        self.suspects: list[Trial] = []  # in flight when a worker died: re-run one by one
+        self.isolated: int | None = None
+
+    # -- dispatching ----------------------------------------------------------------------
+
+    def run(self) -> None:
+        for number in range(self.total):
+            if number in self.finished:
+                continue
+            self.run_suspects()
+            while len(self.inflight) >= self.dispatcher.limit:
+                self.collect()
+            if self.out_of_time():
+                break
+            row = self.rows.get(number)
+            if row is not None:  # left "running" by an interrupted search: same params, seed
+                params, seed = row["params"], row["seed"]
+                self.study._storage.restart_running(number)
+            else:
+                barrier = self.study.strategy.barrier(number)
+                while self.unfinished_below(barrier):
+                    self.run_suspects() if self.suspects else self.collect()
+                params = self.study._propose(number, self.finished)
+                seed = trial_seed(self.study.seed, number)
+                self.study._storage.insert_running(number, params, seed)
+            self.dispatch(self.study._make_trial(number, params, seed, self.peers))
+        while self.inflight or self.suspects:
+            self.run_suspects() if self.suspects else self.collect()
+
+    def out_of_time(self) -> bool:
+        return self.deadline is not None and time.monotonic() >= self.deadline
+
+    def unfinished_below(self, barrier: int) -> bool:
+        numbers_ = [t.number for t in self.inflight.values()] + [t.number for t in self.suspects]
+        return any(n < barrier for n in numbers_)
+
+    def dispatch(self, trial: Trial) -> None:
+        try:
+            future = self.dispatcher.submit(run_trial, self.objective, trial)
+        except cf.BrokenExecutor as exc:  # a worker died since the last collect
+            self.on_broken(None, exc, waiting=trial)
+            return
+        self.inflight[future] = trial
+
+    def run_suspects(self) -> None:
+        """Re-run, each alone in the pool, the trials that were in flight when a worker died:
+        a trial that kills its worker when alone is recorded as failed."""
+        while self.suspects:
+            while self.inflight:
+                self.collect()
+            if not self.suspects:
+                break
+            trial = self.suspects.pop(0)
+            self.study._storage.restart_running(trial.number)
+            trial.reports.clear()
+            self.isolated = trial.number
+            self.dispatch(trial)
+            while self.inflight:
+                self.collect()
+            self.isolated = None
+
+    # -- collecting -----------------------------------------------------------------------
+
+    def collect(self) -> None:
+        """Wait for at least one trial in flight to finish; record every finished one."""
+        done, _ = cf.wait(list(self.inflight), return_when=cf.FIRST_COMPLETED)
+        for future in sorted(done, key=lambda f: self.inflight[f].number):
+            trial = self.inflight.pop(future, None)
+            if trial is None:  # taken by on_broken
+                continue
+            try:
+                outcome = future.result()
+            except cf.BrokenExecutor as exc:
+                self.on_broken(trial, exc)
+                continue
+            except Exception as exc:  # the executor could not run it (e.g. dask KilledWorker)
+                outcome = Outcome(trial.number, "failed", None,
+                                  "the executor could not run the trial: " + _error_text(exc),
+                                  {}, 0.0)
+            self.record(outcome)
+
+    def on_broken(self, trial: Trial | None, exc: BaseException, *,
+                  waiting: Trial | None = None) -> None:
+        """A worker process died (a crash in native code, os._exit, the OOM killer).
+
+        ``trial``: the trial whose future reported it (None if ``submit`` did, for the
+        ``waiting`` trial). With the runner's own pool: make a new pool; a trial that was
+        alone in flight is recorded as failed, the trials that were in flight together (and
+        the one waiting) are re-run one by one to find the one that kills its worker. With a
+        caller's executor: stop (the trials stay "running", so the study can be resumed).
+        """
+        if not isinstance(self.dispatcher, _Pool):
+            raise RuntimeError(f"the executor broke ({type(exc).__name__}: {exc}); the trials "
+                               "in flight stay 'running' and run again when the search is "
+                               "resumed") from exc
+        self.dispatcher.renew()
+        if trial is not None and self.isolated == trial.number:
+            self.record(Outcome(trial.number, "failed", None,
+                                "the worker process died while running this trial "
+                                f"({type(exc).__name__}: {exc})", {}, 0.0))
+            return
+        suspects = [t for t in (trial, waiting) if t is not None]
+        for future, other in list(self.inflight.items()):
+            del self.inflight[future]
+            if future.done() and not future.cancelled() and future.exception() is None:
+                self.record(future.result())
+            else:
+                suspects.append(other)
+        self.suspects = sorted(self.suspects + suspects, key=lambda t: t.number)
+
+    def record(self, outcome: Outcome) -> None:
+        frozen = self.study._finish(outcome.number, state=outcome.state, value=outcome.value,
+                                    reports=outcome.reports, error=outcome.error,
+                                    duration=outcome.duration)
+        self.finished[frozen.number] = frozen
+        self.study._add_peer(self.peers, frozen)
+        if self.verbose:
+            self.progress(frozen)
+        for callback in self.callbacks:
+            callback(self.study, frozen)
+
+    def progress(self, t: FrozenTrial) -> None:
+        complete = [f for f in self.finished.values() if f.state == "complete"]
+        best = max(complete, key=lambda f: (self.study.orient(f.value), -f.number),
+                   default=None)
+        value = "-" if t.value is None else f"{t.value:.6g}"
+        best_text = "" if best is None else f"  best {best.value:.6g} (#{best.number})"
+        line = (f"trial {t.number:>4} {t.state:<8} {value:>10}{best_text}  "
+                f"{format_params(t.params)}  {t.duration or 0.0:.2f} s")
+        if t.state == "failed" and t.error:
+            line += f"  [{t.error.splitlines()[0][:100]}]"
+        print(line, file=self.stream, flush=True)
+
+
+def _check_callbacks(callbacks) -> list:
+    if callbacks is None:
+        return []
+    if callable(callbacks) or not isinstance(callbacks, (list, tuple)):
+        raise TypeError("callbacks must be a list of callables callback(study, frozen_trial)")
+    for i, cb in enumerate(callbacks):
+        if not callable(cb):
+            raise TypeError(f"callbacks[{i}] must be callable; got {cb!r}")
+    return list(callbacks)
+
+
+def _check_jobs(n_jobs) -> int | None:
+    if n_jobs is None:
+        return None
+    if isinstance(n_jobs, bool) or not isinstance(n_jobs, numbers.Integral) or n_jobs < 1:
+        raise ValueError(f"n_jobs must be an integer >= 1 (or None); got {n_jobs!r}")
+    return int(n_jobs)
+
+
+def run(study: Study, objective, n_trials=None, *, n_jobs=None, executor=None, timeout=None,
+        callbacks=None, verbose=0, stream=None) -> None:
+    """Run ``study``'s missing trials (see :meth:`Study.optimize` and :func:`search`)."""
+    if not callable(objective):
+        raise TypeError(f"objective must be callable as objective(params, trial); got "
+                        f"{objective!r}")
+    n_jobs = _check_jobs(n_jobs)
+    if executor is not None and not callable(getattr(executor, "submit", None)):
+        raise TypeError(f"executor must be a concurrent.futures.Executor (with a submit "
+                        f"method); got {type(executor).__name__}")
+    if timeout is not None and (isinstance(timeout, bool) or not isinstance(
+            timeout, numbers.Real) or not timeout > 0):
+        raise ValueError(f"timeout must be a positive number of seconds or None; got "
+                         f"{timeout!r}")
+    callbacks = _check_callbacks(callbacks)
+    if verbose not in (0, 1):
+        raise ValueError(f"verbose must be 0 or 1; got {verbose!r}")
+    if study._open:
+        raise RuntimeError(f"trials {sorted(study._open)} were asked and not told yet: tell "
+                           "their results before running a search on this study")
+    if executor is None and (n_jobs or 1) > 1:
+        _check_picklable(objective)
+    with study._exclusive():
+        total = study._set_target(n_trials)
+        limit = study.hard_limit()
+        if limit is not None and total > limit:
+            raise ValueError(f"n_trials={total} is more than the grid's {limit} points")
+        if executor is not None:
+            dispatcher = _Foreign(executor, n_jobs or _executor_width(executor))
+            _drive(study, objective, dispatcher, total, timeout, callbacks, verbose, stream)
+        elif (n_jobs or 1) == 1:
+            _drive(study, objective, _Inline(), total, timeout, callbacks, verbose, stream)
+        else:
+            with single_threaded_children():
+                pool = _Pool(n_jobs)
+                try:
+                    _drive(study, objective, pool, total, timeout, callbacks, verbose, stream)
+                except BaseException:
+                    pool.shutdown(cancel=True)
+                    raise
+                pool.shutdown(cancel=False)
+
+
+def _drive(study, objective, dispatcher, total, timeout, callbacks, verbose, stream) -> None:
+    loop = _Loop(study, objective, dispatcher, total, timeout=timeout, callbacks=callbacks,
+                 verbose=verbose, stream=stream or sys.stdout)
+    try:
+        loop.run()
+    finally:
+        # On KeyboardInterrupt the trials in flight stay "running": a resume re-runs them.
+        with contextlib.suppress(Exception):
+            state = study.describe()
+            study._storage.update_study(strategy_state=state)
+            study._strategy_state = state
+
+
+def search(objective, space: dict, strategy=None, n_trials: int | None = None,
+           n_jobs: int | None = None, executor=None, storage=MEMORY, seed: int | None = None,
+           direction: str | None = None, pruner=None, *, timeout: float | None = None,
+           callbacks=None, verbose: int = 0, **strategy_options) -> Study:
+    """Search ``space`` for the parameters that optimize ``objective``.
+
+    Parameters
+    ----------
+    objective : callable
+        ``objective(params, trial) -> float``: ``params`` is a dict of values, ``trial``
+        has ``.number``, ``.seed`` (seed the trial's randomness with it), ``.report(value,
+        step)`` and ``.should_prune()``. Raising :class:`TrialPruned` records the trial as
+        pruned; raising anything else, or returning NaN or a non-number, records it as
+        failed with the error, and the search goes on.
+    space : dict
+        Name -> distribution (:class:`LogUniform` for a learning rate,
+        :class:`OneMinusLogUniform` for β, ...) or a constant.
+    strategy : str or Strategy, optional
+        "grid", "random", "coarse_to_fine", "bayes" or "staged" (options for it as keyword
+        arguments, e.g. ``rounds=3``), or a Strategy instance. Default "random" (or, when
+        resuming, the stored one).
+    n_trials : int, optional
+        The study's TOTAL number of trials. When ``storage`` already holds the study, only
+        the missing trials run (a study with 20 finished trials and ``n_trials=30`` runs 10
+        more). Default: the strategy's natural size (a grid's number of points), or the
+        stored number.
+    n_jobs : int, optional
+        Trials in flight at once. Without ``executor``: 1 (the default) runs each trial
+        inline in this process, so lambdas and closures work; more starts a process pool of
+        that size ("spawn" workers, BLAS and OpenMP limited to one thread each; the
+        objective must be picklable: a module-level function). With ``executor``: default
+        the executor's number of workers.
+    executor : concurrent.futures.Executor, optional
+        Runs the trials through its ``submit``, e.g. a Dask cluster's
+        ``client.get_executor()``. It is not shut down.
+    storage : ":memory:" or path
+        An SQLite file: every trial is recorded there as it starts and ends, and a search
+        started again on the same file (after a crash, a kill or Ctrl-C) resumes: finished
+        trials are kept, trials left running run again with the same params and seed.
+    seed : int, optional
+        The study seed; every trial's params and seed follow from it. Default: fresh entropy,
+        stored with the study.
+    direction : "maximize" or "minimize", optional
+        Default "maximize" (or the stored one).
+    pruner : "median", "halving", Pruner or None
+        Stops unpromising trials from their ``trial.report`` values.
+    timeout : float, optional
+        Seconds after which no new trial starts (those in flight finish).
+    callbacks : list of callables, optional
+        ``callback(study, frozen_trial)`` after each trial is recorded.
+    verbose : 0 or 1
+        1 prints one line per finished trial.
+
+    Returns
+    -------
+    Study
+
+    Raises
+    ------
+    ValueError, TypeError
+        On a bad argument, or if ``storage`` holds a study with another space, direction,
+        seed, strategy or pruner.
+    KeyboardInterrupt
+        Re-raised after the search stops dispatching; running trials stay "running" in the
+        storage and run again when the search is resumed.
+
+    Notes
+    -----
+    The same study seed gives the same trials (params and seeds) whatever ``n_jobs`` or
+    executor: a proposal depends only on the seed, the trial number and the trials below
+    the strategy's barrier, which the runner waits for. That holds for every strategy; for
+    "bayes" the Gaussian process is fitted in this process, so the proposals are the same
+    up to floating-point differences between machines. Pruning decisions depend on which
+    trials had finished when a trial started, so with ``n_jobs > 1`` they can differ.
+
+    Examples
+    --------
+    >>> from fastnn import tune
+    >>> study = tune.search(lambda p, t: -(p["x"] - 0.3) ** 2, {"x": tune.Uniform(0, 1)},
+    ...                     n_trials=20, seed=0)
+    >>> abs(study.best_params["x"] - 0.3) < 0.1
+    True
+    """
+    if not callable(objective):
+        raise TypeError(f"objective must be callable as objective(params, trial); got "
+                        f"{objective!r}")
+    _check_jobs(n_jobs)
+    if n_trials is not None and (isinstance(n_trials, bool) or not isinstance(
+            n_trials, numbers.Integral) or n_trials < 0):
+        raise ValueError(f"n_trials must be an integer >= 0 (or None); got {n_trials!r}")
+    study = create_study(space, strategy, storage=storage, seed=seed, direction=direction,
+                         pruner=pruner, n_trials=n_trials, **strategy_options)
+    study.optimize(objective, n_trials, n_jobs=n_jobs, executor=executor, timeout=timeout,
+                   callbacks=callbacks, verbose=verbose)
+    return study
+
+
+# ``load_study`` lives with the Study; it is part of this module's interface too.
+load_study = load_study
