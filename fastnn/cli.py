@@ -1,6 +1,8 @@
 """The ``fastnn`` command line (also ``python -m fastnn``).
 
 * ``fastnn train``: train an MLP on the bundled digits (or ``--data``), report test accuracy;
+* ``fastnn tune``: search an MLP's hyperparameters on the digits (or ``--data``);
+  ``fastnn tune report STORAGE``: a stored study's trials, best first, and plots;
 * ``fastnn bench``: time the kernels on the cython and numpy backends;
 * ``fastnn info``: version, build flags, backend, NumPy and its BLAS.
 
@@ -10,6 +12,7 @@ Bad arguments or data exit with status 2 and a one-line message, never a traceba
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import platform
 import sys
@@ -229,6 +232,200 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+TUNE_STRATEGIES = ("grid", "random", "coarse_to_fine", "bayes")
+
+
+def _tune_space(args) -> dict | None:
+    """The ``--space`` JSON file's space (distribution configs), or None for the default."""
+    if args.space is None:
+        return None
+    import json
+
+    from .tune.space import space_from_config
+
+    try:
+        with open(args.space) as fh:
+            config = json.load(fh)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"no such space file: {args.space}") from None
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{args.space} is not valid JSON ({exc})") from None
+    return space_from_config(config)
+
+
+def _tune_trials(args):
+    """--trials, else the stored study's total, else 20 for a new study."""
+    if args.trials is not None:
+        return args.trials
+    if args.storage and os.path.exists(args.storage):
+        return None
+    return 20
+
+
+@contextlib.contextmanager
+def _dask_executor(address: str | None, n_workers: int):
+    """None, or a Dask executor: a LocalCluster of ``n_workers`` processes for "local", else
+    a client of the scheduler at ``address``; closed afterwards."""
+    if address is None:
+        yield None
+        return
+    try:
+        from distributed import Client, LocalCluster
+    except ImportError:
+        raise ImportError('fastnn tune --dask needs dask.distributed: pip install '
+                          '"fastnn-cpu[dask]"') from None
+    with contextlib.ExitStack() as stack:
+        if address == "local":
+            cluster = stack.enter_context(LocalCluster(
+                n_workers=n_workers, threads_per_worker=1, processes=True,
+                dashboard_address=None))
+            client = stack.enter_context(Client(cluster))
+        else:
+            client = stack.enter_context(Client(address))
+        yield client.get_executor()
+
+
+def _cmd_tune(args: argparse.Namespace) -> int:
+    import sqlite3
+
+    try:
+        if args.tune_command == "report":
+            return _cmd_tune_report(args)
+        return _cmd_tune_search(args)
+    except sqlite3.Error as exc:
+        raise RuntimeError(f"the study storage failed: {exc}") from None
+
+
+def _cmd_tune_search(args: argparse.Namespace) -> int:
+    from . import tune
+
+    strategy = args.strategy
+    if args.staged:
+        strategy = tune.Staged(strategy=args.strategy or "random")
+    common = dict(strategy=strategy, n_trials=_tune_trials(args), storage=args.storage or
+                  ":memory:", seed=args.seed, direction=args.direction,
+                  pruner=None if args.pruner == "none" else args.pruner, epochs=args.epochs,
+                  metric=args.metric, checkpoint_dir=args.checkpoint_dir, verbose=1)
+    space = _tune_space(args)
+    workers = f"{args.jobs} worker(s)" + (f" on dask {args.dask}" if args.dask else "")
+    if args.data is None:
+        print(f"tuning an MLP on the bundled UCI digits ({args.epochs} epochs per trial, "
+              f"{workers})", flush=True)
+
+        def run(**kw):
+            return tune.tune_digits(space, **common, **kw)
+    else:
+        from . import datasets
+
+        X, y = datasets.load(args.data)
+        n_classes = int(np.unique(y).size)
+        print(f"tuning an MLP on {args.data}: {X.shape[0]} samples, {X.shape[1]} features, "
+              f"{n_classes} classes ({args.epochs} epochs per trial, {workers})", flush=True)
+        space = tune.digits_space() if space is None else space
+
+        def run(**kw):
+            return tune.tune_model(tune.MLPBuilder(n_classes), X, y, space, standardize=True,
+                                   **common, **kw)
+    start = time.perf_counter()
+    try:
+        with _dask_executor(args.dask, args.jobs) as executor:
+            study = run(n_jobs=args.jobs, executor=executor)
+    except KeyboardInterrupt:
+        where = (f"; run the same command again to resume from {args.storage}" if args.storage
+                 else "")
+        print(f"fastnn: interrupted{where}", file=sys.stderr)
+        return 130
+    elapsed = time.perf_counter() - start
+    print(study.summary().splitlines()[0])
+    print(f"{len(study.trials)} trials in the study; {elapsed:.1f} s for this run")
+    best = study.best_trial
+    print(f"best: trial {best.number}, {args.metric} {best.value:.4f}")
+    print(f"  params: {tune.study.format_params(best.params)}")
+    if args.storage:
+        print(f"study stored in {args.storage} (fastnn tune report {args.storage})")
+    return 0
+
+
+def _strategy_state_lines(state: dict) -> list[str]:
+    from .tune.study import format_params
+
+    lines = []
+    for box in state.get("boxes", []):
+        ranges = " ".join(f"{name}=[{lo:.4g}, {hi:.4g}]" if isinstance(lo, float)
+                          else f"{name}=[{lo}, {hi}]" for name, (lo, hi) in box["box"].items())
+        lines.append(f"  round {box['round']} box: {ranges}")
+    for stage in state.get("stages", []):
+        best = stage.get("best")
+        lines.append(f"  stage {stage['stage']}: {', '.join(stage['params'])} "
+                     f"({stage['strategy']}, trials {stage['start']}.."
+                     f"{stage['start'] + stage['trials'] - 1})"
+                     + (f", best {format_params(best)}" if best else ""))
+    return lines
+
+
+def _cmd_tune_report(args: argparse.Namespace) -> int:
+    from .tune import load_study
+
+    with load_study(args.report_storage) as study:
+        print(study.summary())
+        lines = _strategy_state_lines(study.describe())
+        if lines:
+            print(f"{study.strategy.name}:")
+            print("\n".join(lines))
+        print(study.table(top=args.top))
+        if args.plots:
+            from .plot import tune_report
+
+            for path in tune_report(study, args.plots):
+                print(f"plot written to {path}")
+    return 0
+
+
+def _add_tune_parser(sub) -> None:
+    tune = sub.add_parser("tune", help="search an MLP's hyperparameters on the digits (or "
+                          "--data); `tune report STORAGE` shows a stored study")
+    tune.add_argument("--data", help="a .npz, .csv[.gz] or IDX file of features and labels "
+                      "(default: the bundled digits)")
+    tune.add_argument("--strategy", choices=TUNE_STRATEGIES, default=None,
+                      help="how to propose trials (default random, or the stored study's)")
+    tune.add_argument("--staged", action="store_true",
+                      help="the course's order: lr; then beta1, hidden, batch_size; then "
+                           "layers, decay (each stage with --strategy)")
+    tune.add_argument("--trials", type=_positive_int, default=None,
+                      help="the study's total number of trials (default 20, or the stored "
+                           "study's)")
+    tune.add_argument("--jobs", type=_positive_int, default=1,
+                      help="trials run in parallel, one process each (default 1)")
+    tune.add_argument("--storage", help="an SQLite file for the study; running the same "
+                      "command again resumes it")
+    tune.add_argument("--seed", type=int, default=None,
+                      help="the study seed (default: fresh, stored with the study)")
+    tune.add_argument("--epochs", type=_positive_int, default=10,
+                      help="training epochs per trial (default 10)")
+    tune.add_argument("--metric", choices=("val_accuracy", "val_loss"), default="val_accuracy")
+    tune.add_argument("--direction", choices=("maximize", "minimize"), default=None,
+                      help="default: maximize an accuracy, minimize a loss")
+    tune.add_argument("--pruner", choices=("none", "median", "halving"), default="none",
+                      help="stop unpromising trials from their per-epoch metric")
+    tune.add_argument("--space", help="a JSON file of the search space, e.g. "
+                      '{"lr": {"type": "LogUniform", "low": 1e-4, "high": 0.1}}')
+    tune.add_argument("--dask", metavar="ADDRESS",
+                      help='run the trials on a Dask cluster: a scheduler address, or "local" '
+                           "for a LocalCluster of --jobs processes (needs the dask extra)")
+    tune.add_argument("--checkpoint-dir",
+                      help="keep every trial's model there (for fastnn.tune.resume_trial)")
+    tune.set_defaults(func=_cmd_tune, tune_command=None)
+    tune_sub = tune.add_subparsers(dest="tune_command", metavar="report",
+                                   parser_class=_Parser)
+    report = tune_sub.add_parser("report", help="a stored study's trials, best first, and plots")
+    report.add_argument("report_storage", metavar="STORAGE", help="the study's SQLite file")
+    report.add_argument("--plots", metavar="DIR",
+                        help="write plots there: value vs lr, value vs 1-beta, best so far "
+                             "(needs matplotlib)")
+    report.add_argument("--top", type=_positive_int, default=None,
+                        help="show only the best N trials")
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):  # one line, exit status 2, no usage dump
         self.exit(2, f"fastnn: error: {message}\n")
@@ -275,6 +472,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="0 silent, 1 progress bars, 2 one line per epoch "
                             "(default: 1 on a terminal, else 2)")
     train.set_defaults(func=_cmd_train)
+    _add_tune_parser(sub)
     info = sub.add_parser("info", help="version, build flags, backend, NumPy and BLAS")
     info.set_defaults(func=_cmd_info)
     bench = sub.add_parser("bench", help="time the kernels on the cython and numpy backends")

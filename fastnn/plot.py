@@ -1,10 +1,11 @@
-"""Learning-curve plots (optional: needs matplotlib, ``pip install "fastnn-cpu[plot]"``)."""
+"""Learning curves and tuning-study plots (optional: needs matplotlib,
+``pip install "fastnn-cpu[plot]"``)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["history"]
+__all__ = ["history", "tune_best_so_far", "tune_param", "tune_report"]
 
 
 def _pyplot():
@@ -66,3 +67,124 @@ def history(h, path=None, *, title: str | None = None):
     if path is not None:
         fig.savefig(Path(path), dpi=110)
     return fig
+
+
+# ------------------------------------------------------------------------------------------
+# Hyperparameter studies (fastnn.tune)
+# ------------------------------------------------------------------------------------------
+
+LR_NAMES = ("lr", "learning_rate")
+BETA_NAMES = ("beta1", "beta_1", "beta", "momentum")
+
+
+def _complete(study) -> list:
+    complete = [t for t in study.trials if t.state == "complete"]
+    if not complete:
+        raise ValueError("the study has no complete trial to plot")
+    return complete
+
+
+def tune_param(study, name: str, path=None, *, one_minus: bool = False, log: bool = True):
+    """Each complete trial's value against one parameter (a log axis by default).
+
+    Parameters
+    ----------
+    study : fastnn.tune.Study
+    name : str
+        A parameter of the study's trials, e.g. "lr".
+    path : str or Path, optional
+        Write the figure there.
+    one_minus : bool
+        Plot against ``1 - value`` (β and momentum: 1 − β on a log axis spreads 0.9, 0.99,
+        0.999 evenly).
+    log : bool
+        A logarithmic x axis.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    plt = _pyplot()
+    trials = [t for t in _complete(study) if isinstance(t.params.get(name), (int, float))]
+    if not trials:
+        raise ValueError(f"no complete trial has a numeric parameter {name!r}")
+    x = [(1.0 - t.params[name]) if one_minus else t.params[name] for t in trials]
+    y = [t.value for t in trials]
+    best = study.best_trial
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    ax.scatter(x, y, s=18, alpha=0.75, label="trials")
+    if best.params.get(name) is not None:
+        bx = (1.0 - best.params[name]) if one_minus else best.params[name]
+        ax.scatter([bx], [best.value], s=80, marker="*", color="C3",
+                   label=f"best (#{best.number})", zorder=3)
+    if log:
+        ax.set_xscale("log")
+    ax.set_xlabel(f"1 − {name}" if one_minus else name)
+    ax.set_ylabel("value")
+    ax.set_title(f"value vs {'1 − ' if one_minus else ''}{name} ({study.direction})")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    if path is not None:
+        fig.savefig(Path(path), dpi=110)
+    return fig
+
+
+def tune_best_so_far(study, path=None):
+    """Every complete trial's value by trial number, with the best value so far as a step line.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    plt = _pyplot()
+    trials = sorted(_complete(study), key=lambda t: t.number)
+    sign = 1.0 if study.direction == "maximize" else -1.0
+    numbers, values, best = [], [], []
+    for t in trials:
+        numbers.append(t.number)
+        values.append(t.value)
+        best.append(t.value if not best else sign * max(sign * best[-1], sign * t.value))
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    ax.scatter(numbers, values, s=14, alpha=0.5, label="trial value")
+    ax.step(numbers, best, where="post", color="C3", label="best so far")
+    ax.set_xlabel("trial number")
+    ax.set_ylabel("value")
+    ax.set_title(f"best so far ({study.direction})")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    if path is not None:
+        fig.savefig(Path(path), dpi=110)
+    return fig
+
+
+def tune_report(study, directory) -> list[Path]:
+    """Write a study's plots into ``directory`` (created if missing); returns their paths.
+
+    ``value_vs_lr.png`` (if the trials have ``lr`` or ``learning_rate``),
+    ``value_vs_one_minus_beta.png`` (if they have ``beta1``, ``beta_1``, ``beta`` or
+    ``momentum``), both on log axes, and ``best_so_far.png``.
+    """
+    plt = _pyplot()
+    complete = _complete(study)
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+
+    def present(names):
+        return next((n for n in names
+                     if all(isinstance(t.params.get(n), (int, float)) for t in complete)
+                     and len({t.params[n] for t in complete}) > 1), None)
+
+    paths = []
+    lr = present(LR_NAMES)
+    if lr is not None:
+        paths.append(directory / "value_vs_lr.png")
+        plt.close(tune_param(study, lr, paths[-1]))
+    beta = present(BETA_NAMES)
+    if beta is not None and all(0 <= t.params[beta] < 1 for t in complete):
+        paths.append(directory / "value_vs_one_minus_beta.png")
+        plt.close(tune_param(study, beta, paths[-1], one_minus=True))
+    paths.append(directory / "best_so_far.png")
+    plt.close(tune_best_so_far(study, paths[-1]))
+    return paths
