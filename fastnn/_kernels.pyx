@@ -1101,7 +1101,7 @@ cdef class GatherOp(Op):
         cdef Py_ssize_t r, idx, n = self.labels_out.shape[0]
         cdef Py_ssize_t rows = self.labels.shape[0]
         cdef bint bad = False
-        if self.start < 0 or self.start + n > self.order.shape[0]:
+        if self.start < 0 or self.start > self.order.shape[0] - n:
             raise ValueError(f"rows {self.start}..{self.start + n - 1} of an order of "
                              f"{self.order.shape[0]} indices")
         with nogil:
@@ -1226,36 +1226,52 @@ cdef class ColumnSumOp(Op):
 
 
 cdef class ActivationOp(Op):
-    """``y = act(y)`` in place (forward), or ``d *= act'`` from y (backward)."""
-    cdef float[:, ::1] y32, d32
-    cdef double[:, ::1] y64, d64
+    """``y = act(y)`` in place."""
+    cdef float[:, ::1] y32
+    cdef double[:, ::1] y64
     cdef int act
     cdef double alpha
-    cdef bint f64, backward
+    cdef bint f64
 
-    def __init__(self, y, d, int act, double alpha, bint f64):
+    def __init__(self, y, int act, double alpha, bint f64):
         self.f64, self.act, self.alpha = f64, act, alpha
-        self.backward = d is not None
         if f64:
             self.y64 = y
-            if d is not None:
-                self.d64 = d
         else:
             self.y32 = y
-            if d is not None:
-                self.d32 = d
 
     cdef int run(self) except -1:
         with nogil:
-            if self.backward:
-                if self.f64:
-                    _activation_backward(self.y64, self.d64, self.act, self.alpha)
-                else:
-                    _activation_backward(self.y32, self.d32, self.act, self.alpha)
-            elif self.f64:
+            if self.f64:
                 _activate(self.y64, 0, self.y64.shape[1], self.act, self.alpha)
             else:
                 _activate(self.y32, 0, self.y32.shape[1], self.act, self.alpha)
+        return 0
+
+
+cdef class ActivationBackwardOp(Op):
+    """``d *= act'``, computed from the activation's output y (read only)."""
+    cdef const float[:, ::1] y32
+    cdef const double[:, ::1] y64
+    cdef float[:, ::1] d32
+    cdef double[:, ::1] d64
+    cdef int act
+    cdef double alpha
+    cdef bint f64
+
+    def __init__(self, y, d, int act, double alpha, bint f64):
+        self.f64, self.act, self.alpha = f64, act, alpha
+        if f64:
+            self.y64, self.d64 = y, d
+        else:
+            self.y32, self.d32 = y, d
+
+    cdef int run(self) except -1:
+        with nogil:
+            if self.f64:
+                _activation_backward(self.y64, self.d64, self.act, self.alpha)
+            else:
+                _activation_backward(self.y32, self.d32, self.act, self.alpha)
         return 0
 
 
@@ -1301,9 +1317,12 @@ cdef class BatchNormTrainOp(Op):
 
 
 cdef class BatchNormTrainBackwardOp(Op):
-    """``dout *= act'`` (from the activation's output y), then the batch-norm backward."""
+    """``dout *= act'`` (from the activation's output y), then the batch-norm backward.
+    ``dout`` is written only with an activation (else it may be read-only)."""
     cdef float[:, ::1] dout32, dx32
     cdef double[:, ::1] dout64, dx64
+    cdef const float[:, ::1] cdout32
+    cdef const double[:, ::1] cdout64
     cdef const float[:, ::1] y32, xhat32
     cdef const double[:, ::1] y64, xhat64
     cdef const float[::1] gamma32, istd32
@@ -1318,27 +1337,27 @@ cdef class BatchNormTrainBackwardOp(Op):
                  double alpha, bint f64):
         self.act, self.alpha, self.f64 = act, alpha, f64
         if f64:
-            self.dout64, self.xhat64, self.gamma64, self.istd64 = dout, x_hat, gamma, inv_std
+            self.cdout64, self.xhat64, self.gamma64, self.istd64 = dout, x_hat, gamma, inv_std
             self.dx64, self.dgamma64, self.dbeta64 = dx, dgamma, dbeta
             if act != ACT_NONE:
-                self.y64 = y
+                self.y64, self.dout64 = y, dout
         else:
-            self.dout32, self.xhat32, self.gamma32, self.istd32 = dout, x_hat, gamma, inv_std
+            self.cdout32, self.xhat32, self.gamma32, self.istd32 = dout, x_hat, gamma, inv_std
             self.dx32, self.dgamma32, self.dbeta32 = dx, dgamma, dbeta
             if act != ACT_NONE:
-                self.y32 = y
+                self.y32, self.dout32 = y, dout
 
     cdef int run(self) except -1:
         with nogil:
             if self.f64:
                 if self.act != ACT_NONE:
                     _activation_backward(self.y64, self.dout64, self.act, self.alpha)
-                _bn_backward_train(self.dout64, self.xhat64, self.gamma64, self.istd64,
+                _bn_backward_train(self.cdout64, self.xhat64, self.gamma64, self.istd64,
                                    self.dx64, self.dgamma64, self.dbeta64)
             else:
                 if self.act != ACT_NONE:
                     _activation_backward(self.y32, self.dout32, self.act, self.alpha)
-                _bn_backward_train(self.dout32, self.xhat32, self.gamma32, self.istd32,
+                _bn_backward_train(self.cdout32, self.xhat32, self.gamma32, self.istd32,
                                    self.dx32, self.dgamma32, self.dbeta32)
         return 0
 
@@ -1394,6 +1413,10 @@ cdef class SoftmaxCrossEntropyOp(Op):
                         total += self.w64[self.labels[i]]
                 else:
                     total = n
+                if total == 0.0:
+                    with gil:
+                        raise ValueError("the class weights of this batch's labels sum to "
+                                         "zero: the weighted mean loss is undefined")
                 self.loss = _softmax_ce(self.z64, self.labels, self.w64, self.g64,
                                         self.row_loss, self.smoothing, 1.0 / total)
             else:
@@ -1403,6 +1426,10 @@ cdef class SoftmaxCrossEntropyOp(Op):
                         total += self.w32[self.labels[i]]
                 else:
                     total = n
+                if total == 0.0:
+                    with gil:
+                        raise ValueError("the class weights of this batch's labels sum to "
+                                         "zero: the weighted mean loss is undefined")
                 self.loss = _softmax_ce(self.z32, self.labels, self.w32, self.g32,
                                         self.row_loss, self.smoothing, 1.0 / total)
         return 0
@@ -1423,7 +1450,7 @@ cdef Py_ssize_t _count_correct(const floating[:, ::1] z, const int64_t[::1] labe
 
 cdef class Program:
     """The ops of one planned pass, run in order by one call."""
-    cdef readonly list ops
+    cdef list _ops
     cdef GatherOp gather
     cdef SoftmaxCrossEntropyOp loss_op
 
@@ -1431,7 +1458,12 @@ cdef class Program:
         for op in ops:
             if not isinstance(op, Op):
                 raise TypeError(f"Program takes Op objects; got {type(op).__name__}")
-        self.ops, self.gather, self.loss_op = list(ops), gather, loss_op
+        self._ops, self.gather, self.loss_op = list(ops), gather, loss_op
+
+    @property
+    def ops(self):
+        """The ops, in order (a tuple: the program's own list cannot be changed)."""
+        return tuple(self._ops)
 
     def set_order(self, order):
         if self.gather is not None:
@@ -1442,7 +1474,7 @@ cdef class Program:
         cdef Op op
         if self.gather is not None:
             self.gather.start = start
-        for op in self.ops:
+        for op in self._ops:
             op.run()
         return self.loss_op.loss if self.loss_op is not None else 0.0
 

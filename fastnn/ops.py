@@ -1217,13 +1217,17 @@ def plan_activation(y, activation: str, *, alpha: float = 0.0, dout=None):
     ``activation`` is "relu", "leaky_relu" (slope ``alpha`` below 0), "tanh" or "sigmoid".
     """
     code = _activation_code(activation)
+    if code == 0:
+        raise ValueError("activation must be a nonlinearity here; got 'identity'")
     alpha = _scalar("alpha", alpha, 0.0, 1.0, high_open=True)
     dtype = _plan_dtype("y", y)
     y = _live("y", y, None, dtype, writable=dout is None, ndim=2)
-    if dout is not None:
-        dout = _live("dout", dout, y.shape, dtype, writable=True)
-        _check_outputs([("dout", dout)], [("y", y)])
-    return _planning_module().ActivationOp(y, dout, code, alpha, dtype is _FLOAT64)
+    module = _planning_module()
+    if dout is None:
+        return module.ActivationOp(y, code, alpha, dtype is _FLOAT64)
+    dout = _live("dout", dout, y.shape, dtype, writable=True)
+    _check_outputs([("dout", dout)], [("y", y)])
+    return module.ActivationBackwardOp(y, dout, code, alpha, dtype is _FLOAT64)
 
 
 def plan_batchnorm_train(x, gamma, beta, running_mean, running_var, *, out, cache,
@@ -1245,18 +1249,29 @@ def plan_batchnorm_train(x, gamma, beta, running_mean, running_var, *, out, cach
     running_mean = _live("running_mean", running_mean, vec, dtype, writable=True)
     running_var = _live("running_var", running_var, vec, dtype, writable=True)
     out = _live("out", out, x.shape, dtype, writable=True)
-    if not isinstance(cache, BatchNormCache) or not cache.training or cache.shape != x.shape \
-            or cache.dtype != dtype:
-        raise ValueError(f"cache must be a training BatchNormCache of shape {x.shape} and "
-                         f"dtype {dtype}; got {cache!r}")
-    outputs = [("out", out), ("cache.x_hat", cache.x_hat), ("cache.mean", cache.mean),
-               ("cache.inv_std", cache.inv_std), ("running_mean", running_mean),
+    x_hat, mean, inv_std = _training_cache(cache, x.shape, dtype, writable=True)
+    outputs = [("out", out), ("cache.x_hat", x_hat), ("cache.mean", mean),
+               ("cache.inv_std", inv_std), ("running_mean", running_mean),
                ("running_var", running_var)]
     _check_outputs(outputs, [("x", x), ("gamma", gamma), ("beta", beta)])
     cache.gamma = gamma
     return _planning_module().BatchNormTrainOp(
-        x, gamma, beta, out, cache.x_hat, cache.mean, cache.inv_std, running_mean,
+        x, gamma, beta, out, x_hat, mean, inv_std, running_mean,
         running_var, momentum, eps, code, alpha, dtype is _FLOAT64)
+
+
+def _training_cache(cache, shape: tuple, dtype: np.dtype, *, writable: bool) -> tuple:
+    """A training BatchNormCache's (x_hat, mean, inv_std), checked as live arrays."""
+    if not isinstance(cache, BatchNormCache) or not cache.training:
+        raise ValueError(f"cache must be a training BatchNormCache; got {cache!r}")
+    for name in ("x_hat", "mean", "inv_std"):
+        if not isinstance(getattr(cache, name), np.ndarray):
+            raise TypeError(f"cache.{name} must be a NumPy array; got "
+                            f"{type(getattr(cache, name)).__name__}")
+    vec = (shape[1],)
+    return (_live("cache.x_hat", cache.x_hat, shape, dtype, writable=writable),
+            _live("cache.mean", cache.mean, vec, dtype, writable=writable),
+            _live("cache.inv_std", cache.inv_std, vec, dtype, writable=writable))
 
 
 def plan_batchnorm_backward(dout, cache, *, dx, dgamma, dbeta, y=None,
@@ -1268,27 +1283,33 @@ def plan_batchnorm_backward(dout, cache, *, dx, dgamma, dbeta, y=None,
     alpha = _scalar("alpha", alpha, 0.0, 1.0, high_open=True)
     if not isinstance(cache, BatchNormCache) or not cache.training:
         raise ValueError(f"cache must be a training BatchNormCache; got {cache!r}")
-    dtype = cache.dtype
-    shape = cache.shape
-    dout = _live("dout", dout, shape, dtype, writable=code != 0)
+    dtype = _plan_dtype("cache.x_hat", cache.x_hat)
+    if cache.x_hat.ndim != 2:
+        raise ValueError(f"cache.x_hat must be a 2-D array; got shape {cache.x_hat.shape}")
+    shape = cache.x_hat.shape
+    x_hat, mean, inv_std = _training_cache(cache, shape, dtype, writable=False)
+    dout_written = code != 0 or dx is dout
+    dout = _live("dout", dout, shape, dtype, writable=dout_written)
     dx = _live("dx", dx, shape, dtype, writable=True)
     vec = (shape[1],)
     dgamma = _live("dgamma", dgamma, vec, dtype, writable=True)
     dbeta = _live("dbeta", dbeta, vec, dtype, writable=True)
-    gamma = _live("gamma", cache.gamma, vec, dtype)
-    inputs = [("cache.x_hat", cache.x_hat), ("gamma", gamma), ("cache.inv_std", cache.inv_std)]
+    gamma = _live("cache.gamma", cache.gamma, vec, dtype)
+    inputs = [("cache.x_hat", x_hat), ("cache.gamma", gamma), ("cache.inv_std", inv_std)]
     if code != 0:
         if y is None:
             raise ValueError(f"activation={activation!r} needs y, the activation's output")
         y = _live("y", y, shape, dtype)
         inputs.append(("y", y))
+    # dout is written (the activation's derivative, or dx when dx is dout): it must not
+    # overlap anything it is read with; the other outputs must not overlap each other,
+    # dout or the inputs.
     outputs = [("dgamma", dgamma), ("dbeta", dbeta)] + ([] if dx is dout else [("dx", dx)])
     _check_outputs(outputs, inputs + [("dout", dout)])
-    if code != 0:
+    if dout_written:
         _check_outputs([("dout", dout)], inputs)
     return _planning_module().BatchNormTrainBackwardOp(
-        dout, y, cache.x_hat, gamma, cache.inv_std, dx, dgamma, dbeta, code, alpha,
-        dtype is _FLOAT64)
+        dout, y, x_hat, gamma, inv_std, dx, dgamma, dbeta, code, alpha, dtype is _FLOAT64)
 
 
 def plan_softmax_cross_entropy(logits, labels, grad, row_loss, *, class_weight=None,

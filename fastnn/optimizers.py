@@ -37,6 +37,10 @@ class Optimizer:
         state["_bound"] = None  # a compiled object bound to live arrays: rebound on use
         return state
 
+    def __setstate__(self, state: dict) -> None:
+        state.setdefault("_bound", None)  # (pickles from before binding existed)
+        self.__dict__.update(state)
+
     # -- learning rate ----------------------------------------------------------------
 
     @property
