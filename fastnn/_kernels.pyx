@@ -153,6 +153,15 @@ cdef extern from *:
                         c20 += x2 * y0; c21 += x2 * y1;                              \
                         c30 += x3 * y0; c31 += x3 * y1;                              \
                     }                                                                \
+                    if (cols == COLS) {                                              \
+                        T *r0 = c + i0 * ldc + j0, *r1 = r0 + ldc;                   \
+                        T *r2 = r1 + ldc, *r3 = r2 + ldc;                            \
+                        *(V *)r0 = c00; *(V *)(r0 + L) = c01;                        \
+                        *(V *)r1 = c10; *(V *)(r1 + L) = c11;                        \
+                        *(V *)r2 = c20; *(V *)(r2 + L) = c21;                        \
+                        *(V *)r3 = c30; *(V *)(r3 + L) = c31;                        \
+                        continue;                                                    \
+                    }                                                                \
                     T out[FASTNN_GEMM_ROWS][COLS];                                   \
                     __builtin_memcpy(out[0], &c00, sizeof(V));                       \
                     __builtin_memcpy(out[0] + L, &c01, sizeof(V));                   \
