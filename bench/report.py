@@ -15,12 +15,20 @@ The copy is one read stream and one write stream to fresh memory; on one core a 
 streams more arrays, or writes in place (Adam), can move bytes faster, so a fraction above 1 is
 possible and is not an error.
 
-Training step (bench/test_train_step.py): one row per batch size: the median time of one fastnn
-step on the cython backend; the step's limit, gemm-floor + adam-pass medians of the same run
-(its eight matrix products alone, plus one copy moving Adam's 28 B per parameter); fastnn's
-time over the limit (target: at most STEP_VS_LIMIT); and the numpy backend's, torch's and
-sklearn MLPClassifier's times over fastnn's ("n/a" where an entry is missing). The file may hold
-either set of results or both.
+Training step (bench/test_train_step.py): one row per case (tiny 64-32-10, mlp
+784-256-256-10), batch size and thread count: the median time of one planned fastnn step
+(``fastnn``); the step's limit, gemm-floor + adam-pass medians of the same group (its matrix
+products alone, plus one copy moving Adam's 28 B per parameter); fastnn's time over the limit;
+the per-layer path's (``fastnn-layers``), the numpy backend's, torch's and sklearn
+MLPClassifier's times over fastnn's ("n/a" where an entry is missing); and, on rows of more
+than one thread, the speed-up over the same case's 1-thread fastnn step. Then the training-step
+targets, each "hold" or "MISS": fastnn <= STEP_VS_LIMIT x the limit (mlp, batches 64 and 256, 1
+thread); the tiny step <= TINY_STEP_MAX seconds (1 thread); the 2-thread speed-up >=
+TWO_THREAD_SPEEDUP at mlp batch 256. The last column is the share of the CPUs other processes
+used while the row was timed (Linux); above DISTURBED the row and its targets are flagged
+"disturbed", to be rerun. Files from before the cases and threads (impl
+``fastnn-cython``, no ``case``) read as mlp, 1 thread. The file may hold any of the sets of
+results.
 """
 
 from __future__ import annotations
@@ -40,9 +48,18 @@ TORCH_ENDS_KERNELS = ("batchnorm", "cross_entropy")
 ADAM_LARGEST_VS_TORCH_TIME = 1.1  # Adam at its largest size: time within 1.1x torch's
 BANDWIDTH_FRACTION = 0.70  # fraction of the copy bound at the largest sizes
 
-# Training step: fastnn-cython time within this factor of gemm-floor + adam-pass.
-STEP_VS_LIMIT = 1.25
-STEP_TITLE = "training step (784-256-256-10, BN, Adam, float32, 1 thread)"
+# Training step targets (the planned fastnn step).
+STEP_VS_LIMIT = 1.25  # time within this factor of gemm-floor + adam-pass ...
+STEP_LIMIT_ROWS = (("mlp", 64), ("mlp", 256))  # ... at these (case, batch), 1 thread
+TINY_STEP_MAX = 30e-6  # seconds, tiny case, 1 thread
+TWO_THREAD_SPEEDUP = 1.6  # 1-thread time / 2-thread time, at ...
+SPEEDUP_ROW = ("mlp", 256)
+# A row is flagged "disturbed" when other processes used more than this share of the CPUs
+# while its entries were timed (extra_info others_cpu_s / (timed_wall_s * cpus), summed).
+DISTURBED = 0.10
+STEP_CASE_ORDER = ("tiny", "mlp")
+STEP_OTHERS = ("fastnn-layers", "fastnn-numpy", "torch", "mlpclassifier")
+STEP_TITLE = "training step (BN MLP, Adam, float32)"
 
 
 def load(path: str) -> tuple[dict, list[dict]]:
@@ -69,8 +86,9 @@ def load(path: str) -> tuple[dict, list[dict]]:
 
 
 def load_train_steps(data: dict) -> list[dict]:
-    """One dict per batch size with each train-step impl's entry (bench/test_train_step.py)."""
-    rows: dict[int, dict] = {}
+    """One dict per (case, batch, threads) with each train-step impl's entry
+    (bench/test_train_step.py)."""
+    rows: dict[tuple, dict] = {}
     for bench in data.get("benchmarks", []):
         info = bench.get("extra_info", {})
         stats = bench.get("stats") or {}
@@ -80,24 +98,46 @@ def load_train_steps(data: dict) -> list[dict]:
             or "median" not in stats
         ):
             continue
-        row = rows.setdefault(info["batch"], {"batch": info["batch"], "impls": {}})
-        row["impls"][info["impl"]] = {"time": stats["median"], **info}  # last one wins
-    return [rows[b] for b in sorted(rows)]
+        case, threads = info.get("case", "mlp"), info.get("threads", 1)  # older files: mlp, 1
+        impl = "fastnn" if info["impl"] == "fastnn-cython" else info["impl"]
+        key = (case, info["batch"], threads)
+        row = rows.setdefault(
+            key, {"case": case, "batch": info["batch"], "threads": threads, "impls": {}}
+        )
+        if "layers" in info:
+            row["layers"] = info["layers"]
+        row["impls"][impl] = {"time": stats["median"], **info}  # last one wins
+    order = {c: i for i, c in enumerate(STEP_CASE_ORDER)}
+    return [
+        rows[k] for k in sorted(rows, key=lambda k: (order.get(k[0], len(order)), k[0], *k[1:]))
+    ]
 
 
 def analyse_train_steps(rows: list[dict]) -> None:
-    """Add the limit and the ratios to each row (None where an entry is missing)."""
+    """Add the limit, the ratios and the thread speed-up to each row (None where an entry is
+    missing)."""
+    one_thread = {(r["case"], r["batch"]): r for r in rows if r["threads"] == 1}
     for row in rows:
         impls = row["impls"]
         times = {impl: entry["time"] for impl, entry in impls.items()}
-        fastnn, gemm, adam = (times.get(k) for k in ("fastnn-cython", "gemm-floor", "adam-pass"))
+        fastnn, gemm, adam = (times.get(k) for k in ("fastnn", "gemm-floor", "adam-pass"))
         row["fastnn"], row["gemm"], row["adam"] = fastnn, gemm, adam
         row["limit"] = gemm + adam if gemm is not None and adam is not None else None
         row["vs_limit"] = fastnn / row["limit"] if fastnn and row["limit"] else None
-        for impl in ("fastnn-numpy", "torch", "mlpclassifier"):
+        for impl in STEP_OTHERS:
             other = times.get(impl)
             row[f"{impl}/fastnn"] = other / fastnn if other is not None and fastnn else None
+        fit = impls.get("mlpclassifier", {}).get("fit_per_batch")
+        row["mlpclassifier-fit/fastnn"] = fit / fastnn if fit is not None and fastnn else None
         row["adam_kernel"] = impls.get("adam-pass", {}).get("adam_kernel")
+        timed = [e for e in impls.values() if {"others_cpu_s", "timed_wall_s", "cpus"} <= e.keys()]
+        capacity = sum(e["timed_wall_s"] * e["cpus"] for e in timed)
+        row["others"] = sum(e["others_cpu_s"] for e in timed) / capacity if capacity else None
+        row["disturbed"] = row["others"] is not None and row["others"] > DISTURBED
+        base = one_thread.get((row["case"], row["batch"]), {}).get("impls", {}).get("fastnn")
+        row["speedup"] = (
+            base["time"] / fastnn if row["threads"] != 1 and base is not None and fastnn else None
+        )
 
 
 def analyse(rows: list[dict]) -> None:
@@ -213,42 +253,97 @@ def _ms(seconds) -> str:
     return _num(None if seconds is None else seconds * 1e3, ".2f")
 
 
-def train_step_table(rows: list[dict], markdown: bool) -> tuple[str, int, int]:
-    """The training-step table, and how many of the measured limit targets are met."""
+def _us(seconds) -> str:
+    return _num(None if seconds is None else seconds * 1e6, ",.1f")
+
+
+def train_step_table(rows: list[dict], markdown: bool) -> str:
+    """The training-step table: one row per case, batch and thread count."""
     headers = [
+        "case",
         "batch",
-        "fastnn ms",
-        "limit ms",
-        "gemm + adam ms",
+        "threads",
+        "fastnn µs",
+        "limit µs",
+        "gemm + adam µs",
         "fastnn/limit",
-        f"<={STEP_VS_LIMIT:g}",
+        "layers/fastnn",
         "numpy/fastnn",
         "torch/fastnn",
         "mlpclassifier/fastnn",
-        "adam kernel ms",
+        "vs 1 thread",
+        "others' CPU",
     ]
-    body, met, measured = [], 0, 0
+    body = []
     for r in rows:
-        parts = NA if r["limit"] is None else f"{_ms(r['gemm'])} + {_ms(r['adam'])}"
-        ok = None if r["vs_limit"] is None else r["vs_limit"] <= STEP_VS_LIMIT
-        if ok is not None:
-            measured += 1
-            met += ok
+        parts = NA if r["limit"] is None else f"{_us(r['gemm'])} + {_us(r['adam'])}"
+        sk = _num(r["mlpclassifier/fastnn"], ".2f")
+        if r["mlpclassifier-fit/fastnn"] is not None:
+            sk += f" (fit {r['mlpclassifier-fit/fastnn']:.2f})"
         body.append(
             [
+                r["case"],
                 str(r["batch"]),
-                _ms(r["fastnn"]),
-                _ms(r["limit"]),
+                str(r["threads"]),
+                _us(r["fastnn"]),
+                _us(r["limit"]),
                 parts,
                 _num(r["vs_limit"], ".2f"),
-                NA if ok is None else ("yes" if ok else "NO"),
+                _num(r["fastnn-layers/fastnn"], ".2f"),
                 _num(r["fastnn-numpy/fastnn"], ".2f"),
                 _num(r["torch/fastnn"], ".2f"),
-                _num(r["mlpclassifier/fastnn"], ".2f"),
-                _ms(r["adam_kernel"]),
+                sk,
+                "-" if r["threads"] == 1 else _num(r["speedup"], ".2f"),
+                _num(None if r["others"] is None else 100 * r["others"], ".0f")
+                + ("%" if r["others"] is not None else "")
+                + (" disturbed" if r["disturbed"] else ""),
             ]
         )
-    return table(headers, body, markdown, left=1), met, measured
+    return table(headers, body, markdown, left=1)
+
+
+def train_step_targets(rows: list[dict]) -> list[tuple[str, bool | None, str, bool]]:
+    """(target, met or None if not measured, the measured value, disturbed) for each
+    training-step target."""
+    by_key = {(r["case"], r["batch"], r["threads"]): r for r in rows}
+    out = []
+    for case, batch in STEP_LIMIT_ROWS:
+        r = by_key.get((case, batch, 1), {})
+        value = r.get("vs_limit")
+        out.append(
+            (
+                f"{case} batch {batch}, 1 thread: fastnn <= {STEP_VS_LIMIT:g}x limit",
+                None if value is None else value <= STEP_VS_LIMIT,
+                _num(value, ".2f") + ("x" if value is not None else ""),
+                r.get("disturbed", False),
+            )
+        )
+    tiny = [r for r in rows if r["case"] == "tiny" and r["threads"] == 1]
+    for r in tiny or [{"batch": 32, "fastnn": None}]:
+        value = r.get("fastnn")
+        out.append(
+            (
+                f"tiny batch {r['batch']}, 1 thread: fastnn <= {TINY_STEP_MAX * 1e6:g} µs",
+                None if value is None else value <= TINY_STEP_MAX,
+                _us(value) + (" µs" if value is not None else ""),
+                r.get("disturbed", False),
+            )
+        )
+    case, batch = SPEEDUP_ROW
+    multi = [r for r in rows if (r["case"], r["batch"]) == SPEEDUP_ROW and r["threads"] != 1]
+    for r in multi or [{"threads": 2, "speedup": None}]:
+        value = r.get("speedup")
+        one = by_key.get((case, batch, 1), {})
+        out.append(
+            (
+                f"{case} batch {batch}, {r['threads']} threads: speed-up over 1 thread >= "
+                f"{TWO_THREAD_SPEEDUP:g}x",
+                None if value is None else value >= TWO_THREAD_SPEEDUP,
+                _num(value, ".2f") + ("x" if value is not None else ""),
+                r.get("disturbed", False) or one.get("disturbed", False),
+            )
+        )
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -325,17 +420,31 @@ def print_train_steps(rows: list[dict], markdown: bool, leading_blank: bool) -> 
     if leading_blank:
         print()
     print(f"{'## ' if markdown else ''}{STEP_TITLE}\n")
+    archs = {r["case"]: "-".join(map(str, r["layers"])) for r in rows if "layers" in r}
     print(
-        "Medians. limit = gemm-floor (the step's 8 matrix products, np.matmul) + adam-pass "
-        "(np.copyto moving 28 B per parameter). X/fastnn: X's time / fastnn-cython's "
-        "time. mlpclassifier: sklearn, the same MLP without BatchNorm. adam kernel: "
-        "fastnn.ops.adam_update on the same parameters, for information.\n"
+        "Medians. "
+        + "".join(f"{case}: {layers}. " for case, layers in archs.items())
+        + "fastnn: the planned step (TrainPlan.step + optimizer.step), cython. limit = "
+        "gemm-floor (the step's matrix products, np.matmul) + adam-pass (np.copyto moving 28 B "
+        "per parameter), same threads. X/fastnn: X's time / fastnn's. layers: cython, "
+        "per-layer path (plan_steps False); numpy: numpy backend. mlpclassifier: sklearn "
+        "partial_fit (with its per-call input validation), the same MLP without BatchNorm; "
+        "(fit X): its per-batch time inside one fit epoch. vs 1 thread: the 1-thread fastnn "
+        "time / this row's. others' CPU: the share of the CPUs other processes used while the "
+        f"row was timed (disturbed above {DISTURBED:.0%}).\n"
     )
-    text, met, measured = train_step_table(rows, markdown)
-    print(text)
+    print(train_step_table(rows, markdown))
+    print(f"\n{'### ' if markdown else ''}Training-step targets\n")
+    results = train_step_targets(rows)
+    for label, ok, value, disturbed in results:
+        verdict = NA if ok is None else ("hold" if ok else "MISS")
+        flag = " - disturbed by other processes: rerun" if disturbed else ""
+        print(f"- {label}: {verdict} ({value}){flag}")
+    measured = [ok for _, ok, _, _ in results if ok is not None]
+    unsure = sum(1 for _, ok, _, disturbed in results if ok is not None and disturbed)
     print(
-        f"\n{met} of {measured} measured training-step targets met "
-        f"(fastnn within {STEP_VS_LIMIT:g}x the limit)."
+        f"\n{sum(measured)} of {len(measured)} measured training-step targets hold"
+        + (f" ({unsure} measured while disturbed)." if unsure else ".")
     )
 
 

@@ -13,12 +13,32 @@ True
 
 from __future__ import annotations
 
-from . import callbacks, datasets, layers, losses, ops, optimizers, schedules
+import importlib
+
+from . import callbacks, layers, losses, ops, optimizers, schedules
 from ._version import __version__
 from .callbacks import History
 from .model import Sequential
 from .ops import available_backends, backend, get_backend, set_backend
-from .serialization import load
+
+# Imported on first use, to keep `import fastnn` fast: the data loaders, the tuner, and
+# save/load (with the zip and temporary-file machinery they bring).
+_LAZY_MODULES = ("datasets", "tune", "serialization")
+
+
+def __getattr__(name: str):
+    if name in _LAZY_MODULES:
+        module = importlib.import_module(f".{name}", __name__)
+        globals()[name] = module
+        return module
+    raise AttributeError(f"module 'fastnn' has no attribute {name!r}")
+
+
+def load(path):
+    """Load a model saved by :meth:`Sequential.save` (see :func:`fastnn.serialization.load`)."""
+    from .serialization import load as _load
+
+    return _load(path)
 
 __all__ = [
     "History",

@@ -20,7 +20,8 @@ never depends on the number of OpenMP threads.
 
 from cython cimport floating
 from cython.parallel cimport prange
-from libc.math cimport exp, log, sqrt, sqrtf
+from libc.math cimport exp, log, sqrt, sqrtf, tanh, tanhf
+from libc.string cimport memcpy
 from libc.stdint cimport int32_t, int64_t
 
 cdef extern from *:
@@ -94,6 +95,102 @@ cdef extern from *:
             e[c] = fastnn_expf(z[c] - shift);
         }
     }
+
+    /* Small matrix products for planned training steps: c = a @ b (+ bias),
+       a (m, k) with element (i, p) at a[i * rsa + p * csa] (so a may be a transposed
+       row-major array), b (k, n) row stride ldb, c (m, n) row stride ldc. Blocks of 4 rows x 2 vectors of c (16 float32 or 8
+       float64 columns) stay in registers over k: each step loads two vectors of a
+       row of b and broadcasts four entries of a. Partial column blocks go through
+       a zero-padded copy of b's columns; a partial row block through a plain loop.
+       Sums are in the data's dtype, as in BLAS. For products where a BLAS call
+       costs more than the arithmetic (tiny networks); compiled baseline +
+       x86-64-v3 like the exp loop (GCC vector extensions: SSE2 pairs or AVX2). */
+    #define FASTNN_GEMM_ROWS 4
+    #define FASTNN_GEMM_PACK_K 256
+    typedef float fastnn_vf __attribute__((vector_size(32), aligned(4)));
+    typedef double fastnn_vd __attribute__((vector_size(32), aligned(8)));
+    #define FASTNN_DEFINE_GEMM(T, V, NAME)                                           \
+    FASTNN_CLONES                                                                    \
+    static void NAME(Py_ssize_t m, Py_ssize_t k, Py_ssize_t n,                       \
+                     const T *a, Py_ssize_t rsa, Py_ssize_t csa,                     \
+                     const T *b, Py_ssize_t ldb,                                     \
+                     T *c, Py_ssize_t ldc, const T *bias) {                          \
+        enum { L = sizeof(V) / sizeof(T), COLS = 2 * L };                            \
+        T pack[FASTNN_GEMM_PACK_K * COLS];                                           \
+        for (Py_ssize_t j0 = 0; j0 < n; j0 += COLS) {                                \
+            Py_ssize_t cols = n - j0 < COLS ? n - j0 : COLS;                         \
+            const T *bb = b + j0;                                                    \
+            Py_ssize_t ldbb = ldb;                                                   \
+            T binit[COLS];                                                           \
+            for (int q = 0; q < COLS; q++)                                           \
+                binit[q] = (bias != NULL && q < cols) ? bias[j0 + q] : (T)0;         \
+            int vector_ok = cols == COLS;                                            \
+            if (!vector_ok && k <= FASTNN_GEMM_PACK_K) {                             \
+                for (Py_ssize_t p = 0; p < k; p++)                                   \
+                    for (int q = 0; q < COLS; q++)                                   \
+                        pack[p * COLS + q] = q < cols ? b[p * ldb + j0 + q] : (T)0;  \
+                bb = pack;                                                           \
+                ldbb = COLS;                                                         \
+                vector_ok = 1;                                                       \
+            }                                                                        \
+            Py_ssize_t i0 = 0;                                                       \
+            if (vector_ok) {                                                         \
+                V init0, init1;                                                      \
+                __builtin_memcpy(&init0, binit, sizeof(V));                          \
+                __builtin_memcpy(&init1, binit + L, sizeof(V));                      \
+                for (; i0 + FASTNN_GEMM_ROWS <= m; i0 += FASTNN_GEMM_ROWS) {         \
+                    const T *a0 = a + i0 * rsa, *a1 = a0 + rsa;                      \
+                    const T *a2 = a1 + rsa, *a3 = a2 + rsa;                          \
+                    V c00 = init0, c01 = init1, c10 = init0, c11 = init1;            \
+                    V c20 = init0, c21 = init1, c30 = init0, c31 = init1;            \
+                    for (Py_ssize_t p = 0; p < k; p++) {                             \
+                        V y0 = *(const V *)(bb + p * ldbb);                          \
+                        V y1 = *(const V *)(bb + p * ldbb + L);                      \
+                        Py_ssize_t pa = p * csa;                                     \
+                        T x0 = a0[pa], x1 = a1[pa], x2 = a2[pa], x3 = a3[pa];        \
+                        c00 += x0 * y0; c01 += x0 * y1;                              \
+                        c10 += x1 * y0; c11 += x1 * y1;                              \
+                        c20 += x2 * y0; c21 += x2 * y1;                              \
+                        c30 += x3 * y0; c31 += x3 * y1;                              \
+                    }                                                                \
+                    if (cols == COLS) {                                              \
+                        T *r0 = c + i0 * ldc + j0, *r1 = r0 + ldc;                   \
+                        T *r2 = r1 + ldc, *r3 = r2 + ldc;                            \
+                        *(V *)r0 = c00; *(V *)(r0 + L) = c01;                        \
+                        *(V *)r1 = c10; *(V *)(r1 + L) = c11;                        \
+                        *(V *)r2 = c20; *(V *)(r2 + L) = c21;                        \
+                        *(V *)r3 = c30; *(V *)(r3 + L) = c31;                        \
+                        continue;                                                    \
+                    }                                                                \
+                    T out[FASTNN_GEMM_ROWS][COLS];                                   \
+                    __builtin_memcpy(out[0], &c00, sizeof(V));                       \
+                    __builtin_memcpy(out[0] + L, &c01, sizeof(V));                   \
+                    __builtin_memcpy(out[1], &c10, sizeof(V));                       \
+                    __builtin_memcpy(out[1] + L, &c11, sizeof(V));                   \
+                    __builtin_memcpy(out[2], &c20, sizeof(V));                       \
+                    __builtin_memcpy(out[2] + L, &c21, sizeof(V));                   \
+                    __builtin_memcpy(out[3], &c30, sizeof(V));                       \
+                    __builtin_memcpy(out[3] + L, &c31, sizeof(V));                   \
+                    for (int r = 0; r < FASTNN_GEMM_ROWS; r++)                       \
+                        for (Py_ssize_t q = 0; q < cols; q++)                        \
+                            c[(i0 + r) * ldc + j0 + q] = out[r][q];                  \
+                }                                                                    \
+            }                                                                        \
+            for (; i0 < m; i0++) {                                                   \
+                T acc[COLS];                                                         \
+                for (int q = 0; q < COLS; q++) acc[q] = binit[q];                    \
+                for (Py_ssize_t p = 0; p < k; p++) {                                 \
+                    T x = a[i0 * rsa + p * csa];                                     \
+                    for (Py_ssize_t q = 0; q < cols; q++)                            \
+                        acc[q] += x * b[p * ldb + j0 + q];                           \
+                }                                                                    \
+                for (Py_ssize_t q = 0; q < cols; q++)                                \
+                    c[i0 * ldc + j0 + q] = acc[q];                                   \
+            }                                                                        \
+        }                                                                            \
+    }
+    FASTNN_DEFINE_GEMM(float, fastnn_vf, fastnn_gemm_f32)
+    FASTNN_DEFINE_GEMM(double, fastnn_vd, fastnn_gemm_f64)
     """
     const int FASTNN_HAVE_OPENMP
     const char* FASTNN_SOURCE_SHA256
@@ -103,6 +200,12 @@ cdef extern from *:
     void fastnn_exp_shifted_f32(const float *z, float *e, Py_ssize_t n, float shift) noexcept nogil
     const int FASTNN_HAVE_CLONES
     int fastnn_max_threads() noexcept nogil
+    void fastnn_gemm_f32(Py_ssize_t m, Py_ssize_t k, Py_ssize_t n, const float *a,
+                         Py_ssize_t rsa, Py_ssize_t csa, const float *b, Py_ssize_t ldb,
+                         float *c, Py_ssize_t ldc, const float *bias) noexcept nogil
+    void fastnn_gemm_f64(Py_ssize_t m, Py_ssize_t k, Py_ssize_t n, const double *a,
+                         Py_ssize_t rsa, Py_ssize_t csa, const double *b, Py_ssize_t ldb,
+                         double *c, Py_ssize_t ldc, const double *bias) noexcept nogil
 
 
 ctypedef fused label_t:
@@ -123,6 +226,14 @@ cdef enum:
 cdef enum:
     LANES = 8
     CHUNK = 64
+
+# Activations fused into planned steps (see the "Planned training steps" section).
+cdef enum:
+    ACT_NONE = 0
+    ACT_RELU = 1
+    ACT_LEAKY_RELU = 2
+    ACT_TANH = 3
+    ACT_SIGMOID = 4
 
 # Below this many elements, OpenMP threads cost more than they save.
 cdef Py_ssize_t PARALLEL_MIN_ELEMENTS = 1 << 16
@@ -156,6 +267,62 @@ cdef inline Py_ssize_t _block_width(Py_ssize_t n, Py_ssize_t dim) noexcept nogil
     width = (dim + threads - 1) // threads
     width = ((width + 63) // 64) * 64  # whole cache lines of float32 and float64
     return min(width, <Py_ssize_t>BLOCK)
+
+
+cdef inline floating _tanh(floating x) noexcept nogil:
+    if floating is float:
+        return tanhf(x)
+    else:
+        return tanh(x)
+
+
+cdef void _activate(floating[:, ::1] y, Py_ssize_t j0, Py_ssize_t w, int act,
+                    double alpha) noexcept nogil:
+    """y[:, j0:j0+w] = act(y[:, j0:j0+w]) in place, with the layers' arithmetic
+    (ReLU and LeakyReLU keep NaN, as np.maximum does; sigmoid = tanh(x/2)/2 + 1/2)."""
+    cdef Py_ssize_t n = y.shape[0], i, j
+    cdef floating *row
+    cdef floating v, a = <floating>alpha, half = <floating>0.5
+    for i in range(n):
+        row = &y[i, j0]
+        if act == ACT_RELU:
+            for j in range(w):
+                v = row[j]
+                row[j] = 0 if v < 0 else v
+        elif act == ACT_LEAKY_RELU:
+            for j in range(w):
+                v = row[j]
+                row[j] = v * a if v < 0 else v
+        elif act == ACT_TANH:
+            for j in range(w):
+                row[j] = _tanh(row[j])
+        elif act == ACT_SIGMOID:
+            for j in range(w):
+                row[j] = _tanh(row[j] * half) * half + half
+
+
+cdef void _activation_backward(const floating[:, ::1] y, floating[:, ::1] d, int act,
+                               double alpha) noexcept nogil:
+    """d *= act'(x), from the activation's output y = act(x), in place."""
+    cdef Py_ssize_t n = y.shape[0], w = y.shape[1], i, j
+    cdef const floating *yr
+    cdef floating *dr
+    cdef floating a = <floating>alpha, one = 1
+    for i in range(n):
+        yr = &y[i, 0]
+        dr = &d[i, 0]
+        if act == ACT_RELU:
+            for j in range(w):
+                dr[j] = dr[j] if yr[j] > 0 else 0
+        elif act == ACT_LEAKY_RELU:
+            for j in range(w):
+                dr[j] = dr[j] if yr[j] > 0 else dr[j] * a
+        elif act == ACT_TANH:
+            for j in range(w):
+                dr[j] = (one - yr[j] * yr[j]) * dr[j]
+        elif act == ACT_SIGMOID:
+            for j in range(w):
+                dr[j] = ((one - yr[j]) * yr[j]) * dr[j]
 
 
 # --------------------------------------------------------------------------
@@ -251,15 +418,39 @@ def batchnorm_forward_train(
     and ``r_var <- (1 - momentum) r_var + momentum var * n / (n - 1)``.
     Needs n >= 2 rows. ``out`` may be ``x`` itself.
     """
+    _bn_train(x, gamma, beta, out, x_hat_out, mean_out, inv_std_out, running_mean,
+              running_var, update_running, momentum, eps, ACT_NONE, 0.0)
+
+
+cdef void _bn_train(
+    const floating[:, ::1] x,
+    const floating[::1] gamma,
+    const floating[::1] beta,
+    floating[:, ::1] out,
+    floating[:, ::1] x_hat_out,
+    floating[::1] mean_out,
+    floating[::1] inv_std_out,
+    floating[::1] running_mean,
+    floating[::1] running_var,
+    bint update_running,
+    double momentum,
+    double eps,
+    int act,
+    double alpha,
+) noexcept nogil:
+    """batchnorm_forward_train, then the activation ``act`` on ``out`` (block by block,
+    while it is in cache)."""
     cdef Py_ssize_t n = x.shape[0], dim = x.shape[1]
     cdef Py_ssize_t width = _block_width(n, dim)
     cdef Py_ssize_t nblocks = (dim + width - 1) // width
     cdef Py_ssize_t k, j0
-    for k in prange(nblocks, nogil=True, schedule="static", use_threads_if=nblocks > 1):
+    for k in prange(nblocks, schedule="static", use_threads_if=nblocks > 1):
         j0 = k * width
         _bn_train_block(x, gamma, beta, out, x_hat_out, mean_out, inv_std_out,
                         running_mean, running_var, update_running, momentum, eps,
                         j0, min(width, dim - j0))
+        if act != ACT_NONE:
+            _activate(out, j0, min(width, dim - j0), act, alpha)
 
 
 cdef void _bn_eval_block(
@@ -373,11 +564,23 @@ def batchnorm_backward_train(
     ``dx = gamma * inv_std / n * (n dy - dbeta - x_hat * dgamma)``.
     ``dx_out`` may be ``dout`` itself.
     """
+    _bn_backward_train(dout, x_hat, gamma, inv_std, dx_out, dgamma_out, dbeta_out)
+
+
+cdef void _bn_backward_train(
+    const floating[:, ::1] dout,
+    const floating[:, ::1] x_hat,
+    const floating[::1] gamma,
+    const floating[::1] inv_std,
+    floating[:, ::1] dx_out,
+    floating[::1] dgamma_out,
+    floating[::1] dbeta_out,
+) noexcept nogil:
     cdef Py_ssize_t n = dout.shape[0], dim = dout.shape[1]
     cdef Py_ssize_t width = _block_width(n, dim)
     cdef Py_ssize_t nblocks = (dim + width - 1) // width
     cdef Py_ssize_t kb, j0
-    for kb in prange(nblocks, nogil=True, schedule="static", use_threads_if=nblocks > 1):
+    for kb in prange(nblocks, schedule="static", use_threads_if=nblocks > 1):
         j0 = kb * width
         _bn_backward_train_block(dout, x_hat, gamma, inv_std, dx_out,
                                  dgamma_out, dbeta_out, j0, min(width, dim - j0))
@@ -585,6 +788,19 @@ def softmax_cross_entropy(
     Per-row losses go to ``row_loss_out`` and are summed in row order, so the
     result does not depend on the thread count. ``grad_out`` may be ``logits``.
     """
+    return _softmax_ce(logits, labels, class_weight, grad_out, row_loss_out, label_smoothing,
+                       inv_norm)
+
+
+cdef double _softmax_ce(
+    const floating[:, ::1] logits,
+    const label_t[::1] labels,
+    const floating[::1] class_weight,
+    floating[:, ::1] grad_out,
+    double[::1] row_loss_out,
+    double label_smoothing,
+    double inv_norm,
+) noexcept nogil:
     cdef Py_ssize_t n = logits.shape[0], ncls = logits.shape[1]
     cdef Py_ssize_t i, c
     cdef const floating *w = NULL
@@ -596,12 +812,11 @@ def softmax_cross_entropy(
         weight_total = 0.0
         for c in range(ncls):
             weight_total += class_weight[c]
-    for i in prange(n, nogil=True, schedule="static", use_threads_if=threads):
+    for i in prange(n, schedule="static", use_threads_if=threads):
         row_loss_out[i] = _ce_row(&logits[i, 0], labels[i], w, &grad_out[i, 0], ncls,
                                   label_smoothing, weight_total, inv_norm)
-    with nogil:
-        for i in range(n):
-            total += row_loss_out[i]
+    for i in range(n):
+        total += row_loss_out[i]
     return total * inv_norm
 
 
@@ -646,8 +861,27 @@ def adam_update(
     ``param -= (lr / bc1) * m / (sqrt(v) / sqrt(bc2) + eps)``,
     ``bc1 = 1 - b1**t``, ``bc2 = 1 - b2**t`` (passed in by the caller).
     """
+    _adam(param, grad, m, v, v_max, v_max is not None, lr, beta1, beta2, eps, weight_decay,
+          decoupled, bias_correction1, bias_correction2)
+
+
+cdef void _adam(
+    floating[::1] param,
+    const floating[::1] grad,
+    floating[::1] m,
+    floating[::1] v,
+    floating[::1] v_max,
+    bint amsgrad,
+    double lr,
+    double beta1,
+    double beta2,
+    double eps,
+    double weight_decay,
+    bint decoupled,
+    double bias_correction1,
+    double bias_correction2,
+) noexcept nogil:
     cdef Py_ssize_t i, n = param.shape[0]
-    cdef bint amsgrad = v_max is not None
     cdef floating b1 = <floating>beta1, b2 = <floating>beta2
     cdef floating one_b1 = <floating>(1.0 - beta1), one_b2 = <floating>(1.0 - beta2)
     cdef floating step_size = <floating>(lr / bias_correction1)
@@ -658,7 +892,7 @@ def adam_update(
     cdef floating g, mi, vi, p
     cdef bint threads = n >= 4 * PARALLEL_MIN_ELEMENTS
     if amsgrad:
-        for i in prange(n, nogil=True, schedule="static", use_threads_if=threads):
+        for i in prange(n, schedule="static", use_threads_if=threads):
             p = param[i]
             g = grad[i] + l2 * p
             mi = b1 * m[i] + one_b1 * g
@@ -669,7 +903,7 @@ def adam_update(
                 v_max[i] = vi
             param[i] = p * shrink - step_size * (mi / (_sqrt(v_max[i]) * inv_bc2_sqrt + feps))
     elif weight_decay == 0.0:
-        for i in prange(n, nogil=True, schedule="static", use_threads_if=threads):
+        for i in prange(n, schedule="static", use_threads_if=threads):
             g = grad[i]
             mi = b1 * m[i] + one_b1 * g
             vi = b2 * v[i] + one_b2 * g * g
@@ -677,7 +911,7 @@ def adam_update(
             v[i] = vi
             param[i] = param[i] - step_size * (mi / (_sqrt(vi) * inv_bc2_sqrt + feps))
     else:
-        for i in prange(n, nogil=True, schedule="static", use_threads_if=threads):
+        for i in prange(n, schedule="static", use_threads_if=threads):
             p = param[i]
             g = grad[i] + l2 * p
             mi = b1 * m[i] + one_b1 * g
@@ -771,3 +1005,525 @@ def rmsprop_update(
             step = mu * momentum_buffer[i] + step
             momentum_buffer[i] = step
         param[i] = param[i] - flr * step
+
+
+# --------------------------------------------------------------------------
+# Planned training steps
+# --------------------------------------------------------------------------
+# A planned step is a list of Op objects built once per batch shape by
+# ``fastnn.ops`` (which validates every array then: dtype, shape, contiguity,
+# aliasing). Each op keeps its arrays as typed memoryviews, acquired once, so a
+# step costs one C call per op instead of a validated Python call with a buffer
+# acquisition per argument (~0.5 us each: more than a tiny layer's arithmetic).
+# Ops hold both a float32 and a float64 set of views; ``f64`` says which is bound.
+
+ACTIVATIONS = {"identity": ACT_NONE, "relu": ACT_RELU, "leaky_relu": ACT_LEAKY_RELU,
+               "tanh": ACT_TANH, "sigmoid": ACT_SIGMOID}
+
+
+cdef void _transpose(const floating[:, ::1] src, floating[:, ::1] dst) noexcept nogil:
+    cdef Py_ssize_t n = src.shape[0], m = src.shape[1], i, j
+    for i in range(n):
+        for j in range(m):
+            dst[j, i] = src[i, j]
+
+
+cdef void _small_gemm(const floating[:, ::1] a, bint ta, const floating[:, ::1] b,
+                      floating[:, ::1] c, const floating[::1] bias) noexcept nogil:
+    """c = op(a) @ b (+ bias), op(a) = a.T if ta (read in place, strided)."""
+    cdef const floating *bias_ptr = NULL
+    cdef Py_ssize_t m = a.shape[1] if ta else a.shape[0]
+    cdef Py_ssize_t k = a.shape[0] if ta else a.shape[1]
+    cdef Py_ssize_t rsa = 1 if ta else a.shape[1]
+    cdef Py_ssize_t csa = a.shape[1] if ta else 1
+    if bias is not None:
+        bias_ptr = &bias[0]
+    if floating is float:
+        fastnn_gemm_f32(m, k, b.shape[1], &a[0, 0], rsa, csa,
+                        &b[0, 0], b.shape[1], &c[0, 0], c.shape[1], bias_ptr)
+    else:
+        fastnn_gemm_f64(m, k, b.shape[1], &a[0, 0], rsa, csa,
+                        &b[0, 0], b.shape[1], &c[0, 0], c.shape[1], bias_ptr)
+
+
+cdef void _add_bias(floating[:, ::1] c, const floating[::1] bias) noexcept nogil:
+    cdef Py_ssize_t n = c.shape[0], m = c.shape[1], i, j
+    cdef floating *row
+    for i in range(n):
+        row = &c[i, 0]
+        for j in range(m):
+            row[j] = row[j] + bias[j]
+
+
+cdef void _column_sums(const floating[:, ::1] d, floating[::1] out) noexcept nogil:
+    """out[j] = sum_i d[i, j], accumulated in double in row order."""
+    cdef double acc[BLOCK]
+    cdef Py_ssize_t n = d.shape[0], m = d.shape[1], i, j, j0 = 0, w
+    while j0 < m:
+        w = min(<Py_ssize_t>BLOCK, m - j0)
+        for j in range(w):
+            acc[j] = 0.0
+        for i in range(n):
+            for j in range(w):
+                acc[j] += d[i, j0 + j]
+        for j in range(w):
+            out[j0 + j] = <floating>acc[j]
+        j0 += w
+
+
+cdef class Op:
+    """One step of a planned pass."""
+
+    cdef int run(self) except -1:
+        return 0
+
+    def __call__(self):
+        """Run this op alone (tests)."""
+        self.run()
+
+
+cdef class GatherOp(Op):
+    """Batch rows ``order[start:start + n]`` of (X, labels) into (x_out, labels_out)."""
+    cdef const float[:, ::1] X32
+    cdef const double[:, ::1] X64
+    cdef float[:, ::1] out32
+    cdef double[:, ::1] out64
+    cdef const int64_t[::1] labels
+    cdef int64_t[::1] labels_out
+    cdef const int64_t[::1] order
+    cdef public Py_ssize_t start
+    cdef bint f64
+
+    def __init__(self, X, labels, order, x_out, labels_out, bint f64):
+        self.f64 = f64
+        if f64:
+            self.X64, self.out64 = X, x_out
+        else:
+            self.X32, self.out32 = X, x_out
+        self.labels, self.labels_out, self.order = labels, labels_out, order
+        self.start = 0
+
+    def set_order(self, order):
+        self.order = order
+
+    cdef int run(self) except -1:
+        cdef Py_ssize_t r, idx, n = self.labels_out.shape[0]
+        cdef Py_ssize_t rows = self.labels.shape[0]
+        cdef bint bad = False
+        if self.start < 0 or self.start > self.order.shape[0] - n:
+            raise ValueError(f"rows {self.start}..{self.start + n - 1} of an order of "
+                             f"{self.order.shape[0]} indices")
+        with nogil:
+            for r in range(n):
+                idx = self.order[self.start + r]
+                bad = bad | (idx < 0) | (idx >= rows)
+        if bad:
+            raise ValueError(f"order holds row indices outside [0, {rows})")
+        with nogil:
+            for r in range(n):
+                idx = self.order[self.start + r]
+                self.labels_out[r] = self.labels[idx]
+                if self.f64:
+                    memcpy(&self.out64[r, 0], &self.X64[idx, 0],
+                           self.out64.shape[1] * sizeof(double))
+                else:
+                    memcpy(&self.out32[r, 0], &self.X32[idx, 0],
+                           self.out32.shape[1] * sizeof(float))
+        return 0
+
+
+cdef class GemmOp(Op):
+    """``c = op(a) @ op(b) (+ bias)``, op = transpose where asked (a read strided in
+    place; b first copied to a scratch buffer), in the register-blocked C product: for
+    products too small for a BLAS call."""
+    cdef const float[:, ::1] a32, b32
+    cdef const double[:, ::1] a64, b64
+    cdef float[:, ::1] bt32, c32
+    cdef double[:, ::1] bt64, c64
+    cdef const float[::1] vbias32
+    cdef const double[::1] vbias64
+    cdef bint f64, ta, tb
+
+    def __init__(self, a, b, c, bias, bint ta, bint tb, bt, bint f64):
+        self.f64, self.ta, self.tb = f64, ta, tb
+        # An unassigned memoryview attribute is not None (it is unset): say None.
+        self.vbias32 = None
+        self.vbias64 = None
+        if f64:
+            self.a64, self.b64, self.c64 = a, b, c
+            if bias is not None:
+                self.vbias64 = bias
+            if tb:
+                self.bt64 = bt
+        else:
+            self.a32, self.b32, self.c32 = a, b, c
+            if bias is not None:
+                self.vbias32 = bias
+            if tb:
+                self.bt32 = bt
+
+    cdef int run(self) except -1:
+        with nogil:
+            if self.f64:
+                if self.tb:
+                    _transpose(self.b64, self.bt64)
+                _small_gemm(self.a64, self.ta, self.bt64 if self.tb else self.b64, self.c64,
+                            self.vbias64)
+            else:
+                if self.tb:
+                    _transpose(self.b32, self.bt32)
+                _small_gemm(self.a32, self.ta, self.bt32 if self.tb else self.b32, self.c32,
+                            self.vbias32)
+        return 0
+
+
+cdef class MatmulOp(Op):
+    """``c = a @ b (+ bias)`` through NumPy's matmul (BLAS), for products large
+    enough that the call's overhead does not matter; a and b may be transposed views."""
+    cdef object matmul, a, b, c
+    cdef float[:, ::1] c32
+    cdef double[:, ::1] c64
+    cdef const float[::1] bias32
+    cdef const double[::1] bias64
+    cdef bint f64, has_bias
+
+    def __init__(self, matmul, a, b, c, bias, bint f64):
+        self.matmul, self.a, self.b, self.c = matmul, a, b, c
+        self.f64, self.has_bias = f64, bias is not None
+        if f64:
+            self.c64 = c
+            if bias is not None:
+                self.bias64 = bias
+        else:
+            self.c32 = c
+            if bias is not None:
+                self.bias32 = bias
+
+    cdef int run(self) except -1:
+        self.matmul(self.a, self.b, out=self.c)
+        if self.has_bias:
+            with nogil:
+                if self.f64:
+                    _add_bias(self.c64, self.bias64)
+                else:
+                    _add_bias(self.c32, self.bias32)
+        return 0
+
+
+cdef class ColumnSumOp(Op):
+    """``out = d.sum(axis=0)`` (a Dense layer's bias gradient)."""
+    cdef const float[:, ::1] d32
+    cdef const double[:, ::1] d64
+    cdef float[::1] out32
+    cdef double[::1] out64
+    cdef bint f64
+
+    def __init__(self, d, out, bint f64):
+        self.f64 = f64
+        if f64:
+            self.d64, self.out64 = d, out
+        else:
+            self.d32, self.out32 = d, out
+
+    cdef int run(self) except -1:
+        with nogil:
+            if self.f64:
+                _column_sums(self.d64, self.out64)
+            else:
+                _column_sums(self.d32, self.out32)
+        return 0
+
+
+cdef class ActivationOp(Op):
+    """``y = act(y)`` in place."""
+    cdef float[:, ::1] y32
+    cdef double[:, ::1] y64
+    cdef int act
+    cdef double alpha
+    cdef bint f64
+
+    def __init__(self, y, int act, double alpha, bint f64):
+        self.f64, self.act, self.alpha = f64, act, alpha
+        if f64:
+            self.y64 = y
+        else:
+            self.y32 = y
+
+    cdef int run(self) except -1:
+        with nogil:
+            if self.f64:
+                _activate(self.y64, 0, self.y64.shape[1], self.act, self.alpha)
+            else:
+                _activate(self.y32, 0, self.y32.shape[1], self.act, self.alpha)
+        return 0
+
+
+cdef class ActivationBackwardOp(Op):
+    """``d *= act'``, computed from the activation's output y (read only)."""
+    cdef const float[:, ::1] y32
+    cdef const double[:, ::1] y64
+    cdef float[:, ::1] d32
+    cdef double[:, ::1] d64
+    cdef int act
+    cdef double alpha
+    cdef bint f64
+
+    def __init__(self, y, d, int act, double alpha, bint f64):
+        self.f64, self.act, self.alpha = f64, act, alpha
+        if f64:
+            self.y64, self.d64 = y, d
+        else:
+            self.y32, self.d32 = y, d
+
+    cdef int run(self) except -1:
+        with nogil:
+            if self.f64:
+                _activation_backward(self.y64, self.d64, self.act, self.alpha)
+            else:
+                _activation_backward(self.y32, self.d32, self.act, self.alpha)
+        return 0
+
+
+cdef class BatchNormTrainOp(Op):
+    """Training-mode batch norm forward (running statistics updated), then ``act``."""
+    cdef const float[:, ::1] x32
+    cdef const double[:, ::1] x64
+    cdef const float[::1] gamma32, beta32
+    cdef const double[::1] gamma64, beta64
+    cdef float[:, ::1] out32, xhat32
+    cdef double[:, ::1] out64, xhat64
+    cdef float[::1] mean32, istd32, rmean32, rvar32
+    cdef double[::1] mean64, istd64, rmean64, rvar64
+    cdef double momentum, eps, alpha
+    cdef int act
+    cdef bint f64
+
+    def __init__(self, x, gamma, beta, out, x_hat, mean, inv_std, running_mean, running_var,
+                 double momentum, double eps, int act, double alpha, bint f64):
+        self.momentum, self.eps, self.act, self.alpha, self.f64 = momentum, eps, act, alpha, f64
+        if f64:
+            self.x64, self.gamma64, self.beta64, self.out64, self.xhat64 = (
+                x, gamma, beta, out, x_hat)
+            self.mean64, self.istd64, self.rmean64, self.rvar64 = (
+                mean, inv_std, running_mean, running_var)
+        else:
+            self.x32, self.gamma32, self.beta32, self.out32, self.xhat32 = (
+                x, gamma, beta, out, x_hat)
+            self.mean32, self.istd32, self.rmean32, self.rvar32 = (
+                mean, inv_std, running_mean, running_var)
+
+    cdef int run(self) except -1:
+        with nogil:
+            if self.f64:
+                _bn_train(self.x64, self.gamma64, self.beta64, self.out64, self.xhat64,
+                          self.mean64, self.istd64, self.rmean64, self.rvar64, True,
+                          self.momentum, self.eps, self.act, self.alpha)
+            else:
+                _bn_train(self.x32, self.gamma32, self.beta32, self.out32, self.xhat32,
+                          self.mean32, self.istd32, self.rmean32, self.rvar32, True,
+                          self.momentum, self.eps, self.act, self.alpha)
+        return 0
+
+
+cdef class BatchNormTrainBackwardOp(Op):
+    """``dout *= act'`` (from the activation's output y), then the batch-norm backward.
+    ``dout`` is written only with an activation (else it may be read-only)."""
+    cdef float[:, ::1] dout32, dx32
+    cdef double[:, ::1] dout64, dx64
+    cdef const float[:, ::1] cdout32
+    cdef const double[:, ::1] cdout64
+    cdef const float[:, ::1] y32, xhat32
+    cdef const double[:, ::1] y64, xhat64
+    cdef const float[::1] gamma32, istd32
+    cdef const double[::1] gamma64, istd64
+    cdef float[::1] dgamma32, dbeta32
+    cdef double[::1] dgamma64, dbeta64
+    cdef int act
+    cdef double alpha
+    cdef bint f64
+
+    def __init__(self, dout, y, x_hat, gamma, inv_std, dx, dgamma, dbeta, int act,
+                 double alpha, bint f64):
+        self.act, self.alpha, self.f64 = act, alpha, f64
+        if f64:
+            self.cdout64, self.xhat64, self.gamma64, self.istd64 = dout, x_hat, gamma, inv_std
+            self.dx64, self.dgamma64, self.dbeta64 = dx, dgamma, dbeta
+            if act != ACT_NONE:
+                self.y64, self.dout64 = y, dout
+        else:
+            self.cdout32, self.xhat32, self.gamma32, self.istd32 = dout, x_hat, gamma, inv_std
+            self.dx32, self.dgamma32, self.dbeta32 = dx, dgamma, dbeta
+            if act != ACT_NONE:
+                self.y32, self.dout32 = y, dout
+
+    cdef int run(self) except -1:
+        with nogil:
+            if self.f64:
+                if self.act != ACT_NONE:
+                    _activation_backward(self.y64, self.dout64, self.act, self.alpha)
+                _bn_backward_train(self.cdout64, self.xhat64, self.gamma64, self.istd64,
+                                   self.dx64, self.dgamma64, self.dbeta64)
+            else:
+                if self.act != ACT_NONE:
+                    _activation_backward(self.y32, self.dout32, self.act, self.alpha)
+                _bn_backward_train(self.cdout32, self.xhat32, self.gamma32, self.istd32,
+                                   self.dx32, self.dgamma32, self.dbeta32)
+        return 0
+
+
+cdef class SoftmaxCrossEntropyOp(Op):
+    """Fused softmax cross-entropy over int64 labels (mean, or class-weighted mean);
+    also counts the rows whose first maximal logit is the label (accuracy)."""
+    cdef const float[:, ::1] z32
+    cdef const double[:, ::1] z64
+    cdef const float[::1] w32
+    cdef const double[::1] w64
+    cdef float[:, ::1] g32
+    cdef double[:, ::1] g64
+    cdef const int64_t[::1] labels
+    cdef double[::1] row_loss
+    cdef double smoothing
+    cdef bint f64, weighted
+    cdef readonly double loss
+    cdef readonly Py_ssize_t correct
+
+    def __init__(self, logits, labels, class_weight, grad, row_loss, double smoothing,
+                 bint f64):
+        self.f64, self.smoothing = f64, smoothing
+        self.weighted = class_weight is not None
+        self.w32 = None  # (unset, not None, until assigned)
+        self.w64 = None
+        if f64:
+            self.z64, self.g64 = logits, grad
+            if class_weight is not None:
+                self.w64 = class_weight
+        else:
+            self.z32, self.g32 = logits, grad
+            if class_weight is not None:
+                self.w32 = class_weight
+        self.labels, self.row_loss = labels, row_loss
+        self.loss, self.correct = 0.0, 0
+
+    cdef int run(self) except -1:
+        cdef Py_ssize_t n = self.labels.shape[0], i
+        cdef int64_t ncls = self.g64.shape[1] if self.f64 else self.g32.shape[1]
+        cdef double total = 0.0
+        cdef bint bad = False
+        with nogil:
+            for i in range(n):
+                bad = bad | (self.labels[i] < 0) | (self.labels[i] >= ncls)
+        if bad:
+            raise ValueError(f"labels must lie in [0, {ncls})")
+        with nogil:
+            if self.f64:
+                self.correct = _count_correct(self.z64, self.labels)
+                if self.weighted:
+                    for i in range(n):
+                        total += self.w64[self.labels[i]]
+                else:
+                    total = n
+                if total == 0.0:
+                    with gil:
+                        raise ValueError("the class weights of this batch's labels sum to "
+                                         "zero: the weighted mean loss is undefined")
+                self.loss = _softmax_ce(self.z64, self.labels, self.w64, self.g64,
+                                        self.row_loss, self.smoothing, 1.0 / total)
+            else:
+                self.correct = _count_correct(self.z32, self.labels)
+                if self.weighted:
+                    for i in range(n):
+                        total += self.w32[self.labels[i]]
+                else:
+                    total = n
+                if total == 0.0:
+                    with gil:
+                        raise ValueError("the class weights of this batch's labels sum to "
+                                         "zero: the weighted mean loss is undefined")
+                self.loss = _softmax_ce(self.z32, self.labels, self.w32, self.g32,
+                                        self.row_loss, self.smoothing, 1.0 / total)
+        return 0
+
+
+cdef Py_ssize_t _count_correct(const floating[:, ::1] z, const int64_t[::1] labels) noexcept nogil:
+    cdef Py_ssize_t n = z.shape[0], ncls = z.shape[1], i, c, best, hits = 0
+    cdef const floating *row
+    for i in range(n):
+        row = &z[i, 0]
+        best = 0
+        for c in range(1, ncls):
+            if row[c] > row[best]:
+                best = c
+        hits += best == labels[i]
+    return hits
+
+
+cdef class Program:
+    """The ops of one planned pass, run in order by one call."""
+    cdef list _ops
+    cdef GatherOp gather
+    cdef SoftmaxCrossEntropyOp loss_op
+
+    def __init__(self, list ops, GatherOp gather, SoftmaxCrossEntropyOp loss_op):
+        for op in ops:
+            if not isinstance(op, Op):
+                raise TypeError(f"Program takes Op objects; got {type(op).__name__}")
+        self._ops, self.gather, self.loss_op = list(ops), gather, loss_op
+
+    @property
+    def ops(self):
+        """The ops, in order (a tuple: the program's own list cannot be changed)."""
+        return tuple(self._ops)
+
+    def set_order(self, order):
+        if self.gather is not None:
+            self.gather.set_order(order)
+
+    def run(self, Py_ssize_t start=0):
+        """Run every op (the gather from row ``start`` of the order); the loss."""
+        cdef Op op
+        if self.gather is not None:
+            self.gather.start = start
+        for op in self._ops:
+            op.run()
+        return self.loss_op.loss if self.loss_op is not None else 0.0
+
+    @property
+    def correct(self):
+        return self.loss_op.correct if self.loss_op is not None else 0
+
+
+cdef class AdamOp:
+    """An Adam/AdamW update bound to its (validated) flat buffers: ``update`` costs one
+    C call, against a validated ``ops.adam_update`` per step."""
+    cdef float[::1] p32, m32, v32, vm32
+    cdef const float[::1] g32
+    cdef double[::1] p64, m64, v64, vm64
+    cdef const double[::1] g64
+    cdef readonly tuple arrays
+    cdef bint f64, amsgrad
+
+    def __init__(self, param, grad, m, v, v_max, bint f64):
+        self.f64, self.amsgrad = f64, v_max is not None
+        self.arrays = (param, grad, m, v, v_max)
+        self.vm32 = None  # (unset, not None, until assigned)
+        self.vm64 = None
+        if f64:
+            self.p64, self.g64, self.m64, self.v64 = param, grad, m, v
+            if v_max is not None:
+                self.vm64 = v_max
+        else:
+            self.p32, self.g32, self.m32, self.v32 = param, grad, m, v
+            if v_max is not None:
+                self.vm32 = v_max
+
+    def update(self, double lr, double beta1, double beta2, double eps, double weight_decay,
+               bint decoupled, double bias_correction1, double bias_correction2):
+        with nogil:
+            if self.f64:
+                _adam(self.p64, self.g64, self.m64, self.v64, self.vm64, self.amsgrad, lr,
+                      beta1, beta2, eps, weight_decay, decoupled, bias_correction1,
+                      bias_correction2)
+            else:
+                _adam(self.p32, self.g32, self.m32, self.v32, self.vm32, self.amsgrad, lr,
+                      beta1, beta2, eps, weight_decay, decoupled, bias_correction1,
+                      bias_correction2)

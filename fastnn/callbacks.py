@@ -7,12 +7,10 @@ resumed or continued training keeps numbering where it stopped.
 
 from __future__ import annotations
 
-import csv
 import math
 import os
 import sys
 import time
-from pathlib import Path
 
 __all__ = [
     "CSVLogger",
@@ -215,21 +213,23 @@ class CSVLogger(Callback):
     """Append one row per epoch (``epoch`` then the logged metrics) to a CSV file."""
 
     def __init__(self, path, separator: str = ",", append: bool = False) -> None:
-        self.path = Path(path)
+        self.path = os.fspath(path)
         self.separator = separator
         self.append = bool(append)
         self._keys: list[str] | None = None
 
     def on_train_begin(self, logs=None) -> None:
         self._keys = None
-        if not self.append and self.path.exists():
-            self.path.unlink()
+        if not self.append and os.path.exists(self.path):
+            os.unlink(self.path)
 
     def on_epoch_end(self, epoch, logs=None) -> None:
         logs = logs or {}
-        new_file = not self.path.exists() or self.path.stat().st_size == 0
+        new_file = not os.path.exists(self.path) or os.path.getsize(self.path) == 0
         if self._keys is None:
             self._keys = sorted(logs)
+        import csv  # (here: keeps `import fastnn` light)
+
         with open(self.path, "a", newline="") as fh:
             writer = csv.writer(fh, delimiter=self.separator)
             if new_file:

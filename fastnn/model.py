@@ -101,7 +101,15 @@ class Sequential:
     ...                           input_dim=4, seed=0)
     >>> model.n_params  # 4*16 (no bias before BatchNorm) + 2*16 + 16*3 + 3
     147
+
+    Training takes planned steps where it can (see ``fastnn._plan``): for Dense, BatchNorm
+    and activation layers under a fused softmax cross-entropy, each batch size's whole
+    forward and backward pass is validated and bound once, then runs as one call. Set
+    ``plan_steps = False`` on a model to force the per-layer path.
     """
+
+    #: Whether ``fit`` may take planned steps (False: always the per-layer path).
+    plan_steps = True
 
     def __init__(self, layers, input_dim: int | None = None, dtype="float32",
                  seed: int | None = None, loss=None) -> None:

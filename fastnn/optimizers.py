@@ -30,6 +30,16 @@ class Optimizer:
         self.iterations = 0  # steps taken so far
         self._epoch = 0
         self._state: dict[str, np.ndarray] = {}
+        self._bound = None  # the update bound to this step's buffers (cython backend)
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_bound"] = None  # a compiled object bound to live arrays: rebound on use
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        state.setdefault("_bound", None)  # (pickles from before binding existed)
+        self.__dict__.update(state)
 
     # -- learning rate ----------------------------------------------------------------
 
@@ -66,6 +76,7 @@ class Optimizer:
     def build(self, size: int, dtype) -> None:
         """Allocate zeroed state buffers for ``size`` parameters (kept if already fitting)."""
         dtype = np.dtype(dtype)
+        self._bound = None
         for name in self._active_state_names():
             buf = self._state.get(name)
             if buf is None or buf.shape != (size,) or buf.dtype != dtype:
@@ -86,6 +97,7 @@ class Optimizer:
         for name in self._active_state_names():
             if name not in arrays:
                 raise ValueError(f"optimizer state {name!r} is missing")
+        self._bound = None
         for name in self._active_state_names():
             self._state[name] = np.array(arrays[name], copy=True, order="C")
 
@@ -207,6 +219,26 @@ class Adam(Optimizer):
 
     def _active_state_names(self):
         return ("m", "v", "v_max") if self.amsgrad else ("m", "v")
+
+    def step(self, params, grads) -> None:
+        # With the cython backend the update is bound once to the flat buffers (validated
+        # then; build() and load_state_arrays() unbind it) and costs one C call a step.
+        bound = self._bound
+        if bound is None or bound.arrays[0] is not params or bound.arrays[1] is not grads:
+            if not (ops.can_plan() and isinstance(params, np.ndarray) and params.ndim == 1):
+                return super().step(params, grads)
+            if not self.built:
+                self.build(params.size, params.dtype)
+            state = self._state
+            bound = self._bound = ops.bind_adam(params, grads, state["m"], state["v"],
+                                                state.get("v_max"))
+        elif not ops.can_plan():
+            return super().step(params, grads)
+        t = self.iterations + 1
+        lr = ops._scalar("lr", self.lr, 0.0, float("inf"), high_open=True)
+        bound.update(lr, self.beta_1, self.beta_2, self.epsilon, self.weight_decay,
+                     self.decoupled, 1.0 - self.beta_1**t, 1.0 - self.beta_2**t)
+        self.iterations = t
 
     def _update(self, params, grads, lr, t):
         ops.adam_update(params, grads, self._state["m"], self._state["v"], t, lr=lr,

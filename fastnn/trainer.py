@@ -9,6 +9,7 @@ import warnings
 import numpy as np
 
 from . import optimizers as optimizers_mod
+from ._plan import TrainPlan, plan_unsupported
 from .callbacks import Callback, History, ProgressBar
 from .layers import BatchNorm
 
@@ -222,6 +223,9 @@ def _run(model, X, targets, weights, val, epochs, batch_size, shuffle, callbacks
     model.stop_reason = None
     classification = model.loss.classification
     buffers = _Buffers(model, X, targets, weights)
+    # The common case runs planned steps (one compiled pass per batch size, see _plan).
+    plan = TrainPlan(model, X, targets) if plan_unsupported(model, weights) is None else None
+    in_order = np.arange(n, dtype=np.int64) if plan is not None and not shuffle else None
     # Snapshots at the start of this epoch and the one before (for the non-finite policy):
     # allocated once, copied into once per epoch, never touched by a step.
     snapshots = (_Snapshot(model), _Snapshot(model))
@@ -238,38 +242,26 @@ def _run(model, X, targets, weights, val, epochs, batch_size, shuffle, callbacks
         dropout_rng = np.random.default_rng([model.train_seed, epoch, 1])
         snapshots = (snapshots[1], snapshots[0])  # [0]: this epoch's start, [1]: the last
         snapshots[0].take(model)
+        if plan is not None:
+            plan.set_order(order if order is not None else in_order)
         loss_sum = 0.0
         correct = 0
         start = 0
         for b, size in enumerate(sizes):
-            xb, yb, wb, row_loss, pred, hit = buffers.get(size)
-            if order is None:
-                xb, yb = X[start:start + size], targets[start:start + size]
-                wb = None if weights is None else weights[start:start + size]
+            if plan is not None:
+                loss = plan.step(start, size)  # forward, loss and backward
+                hits = plan.correct
             else:
-                # mode="clip" writes straight into out (the default "raise" buffers a
-                # batch-sized temporary); the indices come from a permutation, so valid.
-                idx = order[start:start + size]
-                np.take(X, idx, axis=0, out=xb, mode="clip")
-                np.take(targets, idx, axis=0, out=yb, mode="clip")
-                if weights is not None:
-                    np.take(weights, idx, out=wb, mode="clip")
+                loss, hits = _layer_step(model, X, targets, weights, order, start, size,
+                                         buffers, dropout_rng, classification)
             start += size
-            logits = model._forward(xb, dropout_rng)
-            grad = model._output_grad_buffer(size)
-            loss = model.loss(logits, yb, grad, sample_weight=wb,
-                              row_loss=row_loss if classification else None)
             if not math.isfinite(loss):
                 _stop_non_finite(model, history, epoch, b, loss, snapshots,
                                  first_epoch=epoch == first)
                 break
-            model._backward(grad)
             opt.step(model._params, model._grads)
             loss_sum += loss * size
-            if classification:
-                np.argmax(logits, axis=1, out=pred)
-                np.equal(pred, yb, out=hit)
-                correct += int(np.count_nonzero(hit))
+            correct += hits
             if verbose == 1 or callbacks:
                 batch_logs = {"loss": loss_sum / start}
                 for cb in all_callbacks:
@@ -293,6 +285,36 @@ def _run(model, X, targets, weights, val, epochs, batch_size, shuffle, callbacks
         cb.on_train_end()
     model.history = history
     return history
+
+
+def _layer_step(model, X, targets, weights, order, start, size, buffers, dropout_rng,
+                classification) -> tuple[float, int]:
+    """One batch through the per-layer path: (loss, correctly classified rows); the
+    gradients are left in model._grads unless the loss is not finite."""
+    xb, yb, wb, row_loss, pred, hit = buffers.get(size)
+    if order is None:
+        xb, yb = X[start:start + size], targets[start:start + size]
+        wb = None if weights is None else weights[start:start + size]
+    else:
+        # mode="clip" writes straight into out (the default "raise" buffers a
+        # batch-sized temporary); the indices come from a permutation, so valid.
+        idx = order[start:start + size]
+        np.take(X, idx, axis=0, out=xb, mode="clip")
+        np.take(targets, idx, axis=0, out=yb, mode="clip")
+        if weights is not None:
+            np.take(weights, idx, out=wb, mode="clip")
+    logits = model._forward(xb, dropout_rng)
+    grad = model._output_grad_buffer(size)
+    loss = model.loss(logits, yb, grad, sample_weight=wb,
+                      row_loss=row_loss if classification else None)
+    if not math.isfinite(loss):
+        return loss, 0
+    model._backward(grad)
+    if not classification:
+        return loss, 0
+    np.argmax(logits, axis=1, out=pred)
+    np.equal(pred, yb, out=hit)
+    return loss, int(np.count_nonzero(hit))
 
 
 class _Snapshot:

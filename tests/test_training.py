@@ -179,6 +179,7 @@ def _record_batches(model):
         return forward(x, rng)
 
     model._forward = recording  # the instance attribute shadows the method
+    model.plan_steps = False  # (a planned step does not call _forward)
     return seen
 
 
