@@ -356,8 +356,10 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError) as exc:
         parser.error(f"cannot read {args.results}: {exc}")
     steps = load_train_steps(data)
+    known = {"sklearn-digits"}
     if not rows and not steps and not any(
-            b.get("extra_info", {}).get("kernel") == "sklearn-digits"
+            b.get("extra_info", {}).get("kernel") in known
+            or str(b.get("extra_info", {}).get("bench", "")).startswith(("import", "tune"))
             for b in data.get("benchmarks", [])):
         parser.error(f"{args.results} holds no fastnn benchmark results")
     analyse(rows)
@@ -376,7 +378,28 @@ def main(argv: list[str] | None = None) -> int:
     if steps:
         print_train_steps(steps, args.markdown, leading_blank=bool(rows))
     print_sklearn(data, args.markdown)
+    print_import(data, args.markdown)
+    from tune_report import print_tune  # bench/tune_report.py, beside this file
+
+    print_tune(data, args.markdown)
     return 0
+
+
+def print_import(data: dict, markdown: bool) -> None:
+    """``import fastnn`` and ``import numpy`` above a bare interpreter (bench/test_import.py)."""
+    runs = {b["extra_info"]["impl"]: b["stats"] for b in data.get("benchmarks", [])
+            if b.get("extra_info", {}).get("bench") == "import"}
+    if not {"python", "numpy", "fastnn"} <= runs.keys():
+        return
+    base = runs["python"]["median"]
+    fastnn, numpy = runs["fastnn"]["median"] - base, runs["numpy"]["median"] - base
+    print(f"\n{'## ' if markdown else ''}Import time (median of fresh interpreters, minus "
+          f"`python -c pass` = {base * 1e3:.0f} ms)\n")
+    body = [["import numpy", f"{numpy * 1e3:.0f}"], ["import fastnn", f"{fastnn * 1e3:.0f}"],
+            ["fastnn's own share", f"{(fastnn - numpy) * 1e3:.0f}"]]
+    print(table(["what", "ms"], body, markdown))
+    verdict = "hold" if fastnn <= 0.2 else "MISS"
+    print(f"\n- import fastnn <= 0.2 s: {verdict} ({fastnn:.3f} s)")
 
 
 def print_sklearn(data: dict, markdown: bool) -> None:

@@ -39,8 +39,9 @@ Three groups (summarised by ``bench/tune_report.py``):
 
 ``tune-workers``, entries ``n_jobs=1`` and ``n_jobs=2``
     Trials per minute of one random-search study, 48 trials of
-    :class:`~fastnn.tune.DigitsObjective` with 25 epochs (0.1 to 1 s each, about 0.3 s on
-    average) on its default 80/20 split, 3 timed rounds, run inline (``n_jobs=1``) and
+    :class:`~fastnn.tune.DigitsObjective` with 80 epochs (about 0.3 s each on average with
+    planned training steps; a trial must be long against the pool's start) on its default
+    80/20 split, 3 timed rounds, run inline (``n_jobs=1``) and
     on the runner's process pool (``n_jobs=2``, spawn workers, one BLAS thread each); the
     wall time includes the pool's start. Random search, so that no barrier makes workers
     wait: this measures the runner, not a strategy. Checks: every trial complete with an
@@ -89,7 +90,7 @@ STORAGES = ("file", "memory")
 FULL = SimpleNamespace(
     seeds=tuple(range(int(os.environ.get("FASTNN_BENCH_TUNE_SEEDS", "5")))),
     target_trials=60, cap=100, race_epochs=5,
-    workers_trials=48, workers_epochs=25, workers_rounds=3,
+    workers_trials=48, workers_epochs=80, workers_rounds=3,
     overhead_trials=200, overhead_rounds={"random": 5, "bayes": 1},
 )
 QUICK = SimpleNamespace(
