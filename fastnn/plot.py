@@ -122,12 +122,7 @@ def tune_param(study, name: str, path=None, *, one_minus: bool = False, log: boo
     ax.set_xlabel(f"1 − {name}" if one_minus else name)
     ax.set_ylabel("value")
     ax.set_title(f"value vs {'1 − ' if one_minus else ''}{name} ({study.direction})")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    if path is not None:
-        fig.savefig(Path(path), dpi=110)
-    return fig
+    return _finish(fig, ax, path)
 
 
 def tune_best_so_far(study, path=None):
@@ -151,6 +146,11 @@ def tune_best_so_far(study, path=None):
     ax.set_xlabel("trial number")
     ax.set_ylabel("value")
     ax.set_title(f"best so far ({study.direction})")
+    return _finish(fig, ax, path)
+
+
+def _finish(fig, ax, path):
+    """Grid and legend on ``ax``; the figure laid out and, if ``path``, saved."""
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()

@@ -29,6 +29,8 @@ import math
 import numbers
 from collections.abc import Mapping
 
+from ._registry import build_by_name
+
 __all__ = [
     "MedianPruner",
     "NopPruner",
@@ -221,13 +223,7 @@ def get_pruner(pruner=None, /, **options) -> Pruner:
     if not isinstance(pruner, str):
         raise TypeError(f"pruner must be a name, None, a config dict or a Pruner; got "
                         f"{pruner!r}")
-    key = pruner.strip().lower().replace("-", "_")
-    if key not in _PRUNERS:
-        raise ValueError(f"pruner must be one of {sorted(_PRUNERS)} or None; got {pruner!r}")
-    try:
-        return _PRUNERS[key](**options)
-    except TypeError as exc:
-        raise TypeError(f"bad options for pruner {key!r}: {exc}") from None
+    return build_by_name("pruner", _PRUNERS, pruner, options, or_also=" or None")
 
 
 def pruner_from_config(config: Mapping) -> Pruner:

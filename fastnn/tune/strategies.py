@@ -37,6 +37,7 @@ strategy            proposal of trial ``number``                              ba
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import copy
 import math
@@ -46,6 +47,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ._registry import build_by_name
 from .gp import GaussianProcess, expected_improvement
 from .space import Distribution, check_space
 
@@ -131,7 +133,7 @@ def _best(trials: list):
 
 # ---------------------------------------------------------------------------- base class
 
-class Strategy:
+class Strategy(abc.ABC):
     """Base class of the search strategies (see the module docstring for the contract)."""
 
     name = "strategy"
@@ -152,7 +154,7 @@ class Strategy:
         self._dims = [(n, d) for n, d in space.items() if isinstance(d, Distribution)]
         self._on_bind()
 
-    def _on_bind(self) -> None:
+    def _on_bind(self) -> None:  # noqa: B027 (an optional hook, not abstract)
         """Hook for subclasses: checks and precomputation that need the space."""
 
     def set_budget(self, n_trials: int | None) -> None:
@@ -180,8 +182,9 @@ class Strategy:
         self._check_number(number)
         return self._propose(int(number), list(history))
 
+    @abc.abstractmethod
     def _propose(self, number: int, history: list) -> dict:
-        raise NotImplementedError
+        """Trial ``number``'s params from the finished trials in ``history``."""
 
     def describe(self, history: Sequence[Finished] | None = None) -> dict:
         """JSON-able state for reports."""
@@ -974,13 +977,7 @@ def get_strategy(strategy="random", /, **options) -> Strategy:
         return strategy_from_config(strategy)
     if not isinstance(strategy, str):
         raise TypeError(f"strategy must be a name, a config dict or a Strategy; got {strategy!r}")
-    key = strategy.strip().lower().replace("-", "_")
-    if key not in _STRATEGIES:
-        raise ValueError(f"strategy must be one of {sorted(_STRATEGIES)}; got {strategy!r}")
-    try:
-        return _STRATEGIES[key](**options)
-    except TypeError as exc:
-        raise TypeError(f"bad options for strategy {key!r}: {exc}") from None
+    return build_by_name("strategy", _STRATEGIES, strategy, options)
 
 
 def strategy_from_config(config: Mapping) -> Strategy:
