@@ -205,3 +205,28 @@ def test_sigkill_then_resume_loses_nothing_and_counts_nothing_twice(tmp_path, mo
         assert after[n][8] == 2 and after[n][6] is not None
     straight = tune.search(objectives.quadratic, SPACE, **SEARCH_ARGS)
     assert [_key(t) for t in study.trials] == [_key(t) for t in straight.trials]
+
+
+UNGUARDED_SCRIPT = """\
+from fastnn import tune
+
+def objective(params, trial):
+    return -(params["x"] - 0.3) ** 2
+
+study = tune.search(objective, {"x": tune.Uniform(0.0, 1.0)}, n_trials=2, n_jobs=2, seed=0)
+print(study.trials[0].state)
+print(study.trials[0].error)
+"""
+
+
+def test_a_script_without_a_main_guard_is_told_why_its_workers_die(tmp_path):
+    # Spawned workers import the script, whose top-level search then runs again inside
+    # them and they die: every trial fails, and the error says what to do.
+    script = tmp_path / "unguarded.py"
+    script.write_text(UNGUARDED_SCRIPT)
+    done = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    state, error = done.stdout.splitlines()[-2:]
+    assert state == "failed"
+    assert "worker process died" in error and 'if __name__ == "__main__":' in error

@@ -335,7 +335,8 @@ class _Loop:
         if trial is not None and self.isolated == trial.number:
             self.record(Outcome(trial.number, "failed", None,
                                 "the worker process died while running this trial "
-                                f"({type(exc).__name__}: {exc})", {}, 0.0))
+                                f"({type(exc).__name__}: {exc}){_main_guard_hint(self.objective)}",
+                                {}, 0.0))
             return
         suspects = [t for t in (trial, waiting) if t is not None]
         for future, other in list(self.inflight.items()):
@@ -368,6 +369,16 @@ class _Loop:
         if t.state == "failed" and t.error:
             line += f"  [{t.error.splitlines()[0][:100]}]"
         print(line, file=self.stream, flush=True)
+
+
+def _main_guard_hint(objective) -> str:
+    """A hint for the commonest cause of dying workers: a script without a main guard (each
+    spawned worker imports the script, and its top-level search starts again there)."""
+    if getattr(objective, "__module__", None) != "__main__":
+        return ""
+    return ("; the objective is defined in the main script: if the script calls search with "
+            "n_jobs > 1 at top level, put that call under `if __name__ == \"__main__\":` "
+            "(each worker process imports the script)")
 
 
 def _check_callbacks(callbacks) -> list:
