@@ -72,7 +72,7 @@ def pytest_benchmark_update_machine_info(config, machine_info):
     problem = fastnn.ops.cython_status()
     machine_info["fastnn"] = {
         "version": fastnn.__version__,
-        "cython_build": fastnn.ops._backend_info("cython") if problem is None else problem,
+        "cython_build": fastnn.ops.backend_info("cython") if problem is None else problem,
     }
     machine_info["numpy"] = np.__version__
     if torch is not None:

@@ -507,7 +507,7 @@ def _bench_fastnn(benchmark, case, impl: str, threads: int) -> None:
     _check_late_loss(impl, loss, ref)
     assert np.isfinite(model._params).all(), f"{impl}: non-finite parameters"
     assert opt.iterations == steps, f"{impl}: {opt.iterations} Adam steps in {steps} calls"
-    build = ops._backend_info("cython") if ops.cython_status() is None else {}
+    build = ops.backend_info("cython") if ops.cython_status() is None else {}
     benchmark.extra_info.update(
         loss=loss,
         backend=fastnn.get_backend(),

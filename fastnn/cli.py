@@ -54,7 +54,7 @@ def info_lines() -> list[str]:
         f"cython backend: {'loaded' if problem is None else 'unavailable: ' + problem}",
     ]
     if problem is None:
-        build = ops._backend_info("cython")
+        build = ops.backend_info("cython")
         lines += [
             f"  openmp: {'on' if build['openmp'] else 'off'}",
             f"  -march=native: {'on' if build['native'] else 'off'}",

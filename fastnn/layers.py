@@ -14,7 +14,7 @@ import math
 
 import numpy as np
 
-from . import ops
+from . import _checks, ops
 
 __all__ = [
     "BatchNorm",
@@ -214,8 +214,8 @@ class BatchNorm(Layer):
 
     def __init__(self, momentum: float = 0.1, eps: float = 1e-5) -> None:
         super().__init__()
-        self.momentum = ops._scalar("momentum", momentum, 0.0, 1.0)
-        self.eps = ops._scalar("eps", eps, 0.0, float("inf"), low_open=True, high_open=True)
+        self.momentum = _checks.real("momentum", momentum, 0.0, 1.0)
+        self.eps = _checks.real("eps", eps, 0.0, float("inf"), low_open=True, high_open=True)
         self._caches: dict[int, ops.BatchNormCache] = {}
         self._cache: ops.BatchNormCache | None = None
 
@@ -283,7 +283,7 @@ class LeakyReLU(Layer):
 
     def __init__(self, alpha: float = 0.01) -> None:
         super().__init__()
-        self.alpha = ops._scalar("alpha", alpha, 0.0, 1.0, high_open=True)
+        self.alpha = _checks.real("alpha", alpha, 0.0, 1.0, high_open=True)
 
     def forward(self, x, training, rng=None):
         out = self._buffer("out", x.shape)
@@ -374,7 +374,7 @@ class Dropout(Layer):
 
     def __init__(self, rate: float) -> None:
         super().__init__()
-        self.rate = ops._scalar("rate", rate, 0.0, 1.0, high_open=True)
+        self.rate = _checks.real("rate", rate, 0.0, 1.0, high_open=True)
 
     def forward(self, x, training, rng=None):
         if not training or self.rate == 0.0:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import ops
+from . import _checks, ops
 
 __all__ = ["Loss", "MeanSquaredError", "SoftmaxCrossEntropy", "from_config"]
 
@@ -46,7 +46,7 @@ class SoftmaxCrossEntropy(Loss):
     classification = True
 
     def __init__(self, label_smoothing: float = 0.0, class_weight=None) -> None:
-        ops._scalar("label_smoothing", label_smoothing, 0.0, 1.0)
+        _checks.real("label_smoothing", label_smoothing, 0.0, 1.0)
         self.label_smoothing = float(label_smoothing)
         if class_weight is not None:
             class_weight = np.asarray(class_weight, dtype=np.float64)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import ops, schedules
+from . import _checks, ops, schedules
 
 __all__ = ["SGD", "Adam", "AdamW", "Optimizer", "RMSprop", "from_config", "get"]
 
@@ -53,7 +53,7 @@ class Optimizer:
         if isinstance(value, schedules.Schedule):
             self._learning_rate = value
         else:
-            self._learning_rate = ops._scalar("lr", value, 0.0, float("inf"), high_open=True)
+            self._learning_rate = _checks.real("lr", value, 0.0, float("inf"), high_open=True)
 
     @property
     def lr(self) -> float:
@@ -143,11 +143,11 @@ class SGD(Optimizer):
     def __init__(self, lr=0.01, momentum: float = 0.0, nesterov: bool = False,
                  weight_decay: float = 0.0) -> None:
         super().__init__(lr)
-        self.momentum = ops._scalar("momentum", momentum, 0.0, 1.0)
+        self.momentum = _checks.real("momentum", momentum, 0.0, 1.0)
         self.nesterov = bool(nesterov)
         if self.nesterov and self.momentum == 0.0:
             raise ValueError("nesterov=True needs momentum > 0")
-        self.weight_decay = ops._scalar("weight_decay", weight_decay, 0.0, float("inf"),
+        self.weight_decay = _checks.real("weight_decay", weight_decay, 0.0, float("inf"),
                                         high_open=True)
 
     def _active_state_names(self):
@@ -170,11 +170,11 @@ class RMSprop(Optimizer):
                  momentum: float = 0.0, centered: bool = False,
                  weight_decay: float = 0.0) -> None:
         super().__init__(lr)
-        self.rho = ops._scalar("rho", rho, 0.0, 1.0)
-        self.epsilon = ops._scalar("epsilon", epsilon, 0.0, float("inf"), high_open=True)
-        self.momentum = ops._scalar("momentum", momentum, 0.0, 1.0)
+        self.rho = _checks.real("rho", rho, 0.0, 1.0)
+        self.epsilon = _checks.real("epsilon", epsilon, 0.0, float("inf"), high_open=True)
+        self.momentum = _checks.real("momentum", momentum, 0.0, 1.0)
         self.centered = bool(centered)
-        self.weight_decay = ops._scalar("weight_decay", weight_decay, 0.0, float("inf"),
+        self.weight_decay = _checks.real("weight_decay", weight_decay, 0.0, float("inf"),
                                         high_open=True)
 
     def _active_state_names(self):
@@ -210,10 +210,10 @@ class Adam(Optimizer):
                  epsilon: float = 1e-8, weight_decay: float = 0.0,
                  amsgrad: bool = False) -> None:
         super().__init__(lr)
-        self.beta_1 = ops._scalar("beta_1", beta_1, 0.0, 1.0, high_open=True)
-        self.beta_2 = ops._scalar("beta_2", beta_2, 0.0, 1.0, high_open=True)
-        self.epsilon = ops._scalar("epsilon", epsilon, 0.0, float("inf"), high_open=True)
-        self.weight_decay = ops._scalar("weight_decay", weight_decay, 0.0, float("inf"),
+        self.beta_1 = _checks.real("beta_1", beta_1, 0.0, 1.0, high_open=True)
+        self.beta_2 = _checks.real("beta_2", beta_2, 0.0, 1.0, high_open=True)
+        self.epsilon = _checks.real("epsilon", epsilon, 0.0, float("inf"), high_open=True)
+        self.weight_decay = _checks.real("weight_decay", weight_decay, 0.0, float("inf"),
                                         high_open=True)
         self.amsgrad = bool(amsgrad)
 
@@ -235,7 +235,7 @@ class Adam(Optimizer):
         elif not ops.can_plan():
             return super().step(params, grads)
         t = self.iterations + 1
-        lr = ops._scalar("lr", self.lr, 0.0, float("inf"), high_open=True)
+        lr = _checks.real("lr", self.lr, 0.0, float("inf"), high_open=True)
         bound.update(lr, self.beta_1, self.beta_2, self.epsilon, self.weight_decay,
                      self.decoupled, 1.0 - self.beta_1**t, 1.0 - self.beta_2**t)
         self.iterations = t

@@ -40,7 +40,7 @@ def test_cython_backend_is_loaded():
     # Every backend-parametrized test relies on this: a failed build must fail loudly here.
     assert ops.cython_status() is None, ops.cython_status()
     assert ops.available_backends() == ["cython", "numpy"]
-    assert ops._backend_info("cython")["source_sha256"]
+    assert ops.backend_info("cython")["source_sha256"]
 
 
 def test_default_backend_is_cython_and_env_override():
@@ -143,8 +143,8 @@ def test_console_script_installed():
     assert done.returncode == 0 and "fastnn" in done.stdout
 
 
-@pytest.mark.parametrize("module", [fastnn, ops, fastnn.schedules, fastnn.trainer, fastnn.layers,
-                                    fastnn.model])
+@pytest.mark.parametrize("module", [fastnn, ops.backends, ops.calls, fastnn.schedules,
+                                    fastnn.trainer, fastnn.layers, fastnn.model, fastnn._checks])
 def test_docstring_examples(module):
     result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
     assert result.attempted > 0 and result.failed == 0

@@ -483,7 +483,7 @@ def _gemm_bound(A, B, bias, dtype):
 @pytest.mark.parametrize("path", ["c_gemm", "matmul_op"])
 @pytest.mark.parametrize("dtype", [F32, F64], ids=["float32", "float64"])
 def test_plan_matmul_matches_float64_product(cython, monkeypatch, dtype, path, trans_a, trans_b):
-    monkeypatch.setattr(ops, "SMALL_GEMM_MAX", 1 << 62 if path == "c_gemm" else 0)
+    monkeypatch.setattr(ops.bound, "SMALL_GEMM_MAX", 1 << 62 if path == "c_gemm" else 0)
     expected_type = _kernels.GemmOp if path == "c_gemm" else _kernels.MatmulOp
     rng = np.random.default_rng(14)
     sentinel = dtype(123.25)
@@ -1358,7 +1358,7 @@ def test_bound_adam_follows_the_optimizer_into_a_new_model(cython):
 
 def test_bound_adam_uses_numpy_kernels_on_the_numpy_backend(monkeypatch):
     calls = []
-    table = ops._BACKENDS["numpy"]._table
+    table = ops.backends._BACKENDS["numpy"]._table
     key = ("adam_update", np.dtype(F32).num, 0)
     kernel = table[key]
 

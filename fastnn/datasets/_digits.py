@@ -9,7 +9,7 @@ from importlib import resources
 import numpy as np
 from numpy.typing import DTypeLike
 
-from . import _checks
+from .. import _checks
 
 __all__ = ["DIGITS_CITATION", "load_digits"]
 
@@ -89,8 +89,8 @@ def load_digits(*, dtype: DTypeLike = "float32",
     >>> load_digits(dtype="float64", return_images=True)[0].shape
     (1797, 8, 8)
     """
-    dtype = _checks.float_dtype(dtype, "dtype")
-    return_images = _checks.boolean(return_images, "return_images")
+    dtype = _checks.float_dtype("dtype", dtype)
+    return_images = _checks.boolean("return_images", return_images)
     pixels, labels = _bundled()
     X = pixels.astype(dtype)  # astype copies: the cached arrays stay untouched
     if return_images:

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import DTypeLike
 
-from . import _checks
+from .. import _checks
 
 __all__ = ["load", "load_csv", "load_idx", "load_npz"]
 
@@ -35,7 +35,7 @@ _INT64_MAX = np.iinfo(np.int64).max
 
 def _read_bytes(path: object, name: str) -> tuple[str, bytes]:
     """(path as text for messages, the file's bytes, gunzipped if they are gzip)."""
-    resolved = _checks.file_path(path, name)
+    resolved = _checks.file_path(name, path)
     label = os.fspath(path)
     data = resolved.read_bytes()
     if data[:2] == _GZIP_MAGIC:
@@ -132,11 +132,11 @@ def load_npz(path: str | os.PathLike, *, x_key: str = "X", y_key: str = "y",
     >>> y
     array([0, 1, 1])
     """
-    resolved = _checks.file_path(path, "path")
+    resolved = _checks.file_path("path", path)
     label = os.fspath(path)
     x_key = _key(x_key, "x_key")
     y_key = _key(y_key, "y_key")
-    dtype = _checks.float_dtype(dtype, "dtype")
+    dtype = _checks.float_dtype("dtype", dtype)
 
     with open(resolved, "rb") as handle:
         head = handle.read(len(_NPY_MAGIC))
@@ -292,7 +292,7 @@ def load_csv(path: str | os.PathLike, *, label_column: int = -1, delimiter: str 
     >>> y
     array(['cat', 'dog'], dtype='<U3')
     """
-    label_column = _checks.integer(label_column, "label_column")
+    label_column = _checks.integer("label_column", label_column)
     if delimiter is not None:
         if not isinstance(delimiter, str):
             raise TypeError(f"delimiter must be a str or None; got {type(delimiter).__name__}")
@@ -302,7 +302,7 @@ def load_csv(path: str | os.PathLike, *, label_column: int = -1, delimiter: str 
     if not (isinstance(header, (bool, np.bool_)) or (isinstance(header, str)
                                                      and header == "auto")):
         raise ValueError(f"header must be 'auto', True or False; got {header!r}")
-    dtype = _checks.float_dtype(dtype, "dtype")
+    dtype = _checks.float_dtype("dtype", dtype)
 
     label, data = _read_bytes(path, "path")
     try:
@@ -448,7 +448,7 @@ def load_idx(images_path: str | os.PathLike, labels_path: str | os.PathLike | No
     >>> y
     array([7, 1])
     """
-    dtype = _checks.float_dtype(dtype, "dtype")
+    dtype = _checks.float_dtype("dtype", dtype)
     label, images = _read_idx(images_path, "images_path")
     if images.ndim < 2:
         raise ValueError(f"{label}: images must have at least 2 dimensions (n, rows, cols); got "
@@ -543,7 +543,7 @@ def load(path: str | os.PathLike, **kwargs) -> tuple[np.ndarray, np.ndarray]:
     >>> X.tolist(), y.tolist()
     ([[0.5, 1.5], [2.5, 3.5]], [0, 1])
     """
-    resolved = _checks.file_path(path, "path")
+    resolved = _checks.file_path("path", path)
     name = resolved.name.lower()
     base = name[:-3] if name.endswith(".gz") else name
     if name.endswith(".npz"):

@@ -7,7 +7,7 @@ import numbers
 import numpy as np
 from numpy.typing import ArrayLike
 
-from . import _checks
+from .. import _checks
 
 __all__ = ["train_test_split"]
 
@@ -116,8 +116,8 @@ def train_test_split(X: ArrayLike, y: ArrayLike, *, test_size: float | int = 0.2
     if n < 2:
         raise ValueError(f"X and y must have at least 2 samples to split; got {n}")
     n_test = _test_count(test_size, n)
-    generator = _checks.rng(seed, "seed")
-    stratify = _checks.boolean(stratify, "stratify")
+    generator = _checks.rng("seed", seed)
+    stratify = _checks.boolean("stratify", stratify)
 
     if stratify:
         _, classes = np.unique(y, return_inverse=True)

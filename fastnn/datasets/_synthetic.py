@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import math
 import numbers
 
 import numpy as np
 from numpy.typing import ArrayLike, DTypeLike
 
-from . import _checks
+from .. import _checks
 
 __all__ = ["make_blobs", "make_spirals"]
 
@@ -65,14 +66,14 @@ def make_spirals(n_samples: int = 300, n_classes: int = 3, noise: float = 0.2, *
     >>> bool(np.all(np.hypot(X[:, 0], X[:, 1]) <= 1.0 + 1e-6))
     True
     """
-    n_samples = _checks.integer(n_samples, "n_samples", minimum=1)
-    n_classes = _checks.integer(n_classes, "n_classes", minimum=2)
+    n_samples = _checks.integer("n_samples", n_samples, minimum=1)
+    n_classes = _checks.integer("n_classes", n_classes, minimum=2)
     if n_samples < n_classes:
         raise ValueError(f"n_samples must be at least n_classes ({n_classes}) so that every "
                          f"class has a point; got {n_samples}")
-    noise = _checks.real(noise, "noise", minimum=0.0)
-    generator = _checks.rng(seed, "seed")
-    dtype = _checks.float_dtype(dtype, "dtype")
+    noise = _checks.real("noise", noise, 0.0, math.inf, high_open=True)
+    generator = _checks.rng("seed", seed)
+    dtype = _checks.float_dtype("dtype", dtype)
 
     sizes = _class_sizes(n_samples, n_classes)
     X = np.empty((n_samples, 2), dtype=np.float64)
@@ -133,13 +134,13 @@ def make_blobs(n_samples: int = 300, n_features: int = 2, centers: int | ArrayLi
     >>> X.shape, X.dtype, np.bincount(y).tolist()
     ((200, 3), dtype('float64'), [50, 50, 50, 50])
     """
-    n_samples = _checks.integer(n_samples, "n_samples", minimum=1)
-    generator = _checks.rng(seed, "seed")
-    dtype = _checks.float_dtype(dtype, "dtype")
+    n_samples = _checks.integer("n_samples", n_samples, minimum=1)
+    generator = _checks.rng("seed", seed)
+    dtype = _checks.float_dtype("dtype", dtype)
 
     if isinstance(centers, numbers.Integral) and not isinstance(centers, (bool, np.bool_)):
-        n_features = _checks.integer(n_features, "n_features", minimum=1)
-        k = _checks.integer(centers, "centers", minimum=1)
+        n_features = _checks.integer("n_features", n_features, minimum=1)
+        k = _checks.integer("centers", centers, minimum=1)
         center_array = None
     else:
         if isinstance(centers, (bool, np.bool_, str, bytes)) or centers is None:
