@@ -34,11 +34,9 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'fastnn' has no attribute {name!r}")
 
 
-def load(path):
-    """Load a model saved by :meth:`Sequential.save` (see :func:`fastnn.serialization.load`)."""
-    from .serialization import load as _load
-
-    return _load(path)
+def load(path) -> Sequential:
+    """Load a model saved by :meth:`Sequential.save` (see :meth:`Sequential.load`)."""
+    return Sequential.load(path)
 
 __all__ = [
     "History",

@@ -20,7 +20,7 @@ import time
 
 import numpy as np
 
-from . import __version__, ops
+from . import __version__, _names, ops
 
 
 def _blas_summary() -> str:
@@ -102,7 +102,6 @@ def _positive_int(text: str) -> int:
     return value
 
 
-ACTIVATIONS = ("relu", "tanh", "leaky_relu", "sigmoid")
 
 
 def _decay_names() -> tuple[str, ...]:
@@ -155,9 +154,9 @@ def _build_optimizer(args):
     from . import optimizers, schedules
 
     lr = schedules.decay(args.decay, args.lr, rate=args.decay_rate, total=args.epochs)
-    return {"adam": lambda: optimizers.Adam(lr), "adamw": lambda: optimizers.AdamW(lr),
-            "sgd": lambda: optimizers.SGD(lr, momentum=0.9, nesterov=True),
-            "rmsprop": lambda: optimizers.RMSprop(lr)}[args.optimizer]()
+    # SGD from the command line: Nesterov momentum 0.9, the course's usual setting
+    options = {"momentum": 0.9, "nesterov": True} if args.optimizer == "sgd" else {}
+    return optimizers.make(args.optimizer, lr, **options)
 
 
 def _load_data(args):
@@ -440,11 +439,11 @@ def build_parser() -> argparse.ArgumentParser:
                        "(default: the bundled digits)")
     train.add_argument("--hidden", type=_hidden_sizes, default=[256],
                        help="hidden layer widths, comma-separated (default 256)")
-    train.add_argument("--activation", choices=ACTIVATIONS, default="relu")
+    train.add_argument("--activation", choices=tuple(_names.ACTIVATIONS), default="relu")
     train.add_argument("--no-batch-norm", dest="batch_norm", action="store_false",
                        help="leave out BatchNorm after each hidden Dense")
     train.add_argument("--dropout", type=_fraction, default=0.0)
-    train.add_argument("--optimizer", choices=("adam", "adamw", "sgd", "rmsprop"),
+    train.add_argument("--optimizer", choices=tuple(_names.OPTIMIZERS),
                        default="adam")
     train.add_argument("--lr", type=_positive_float, default=3e-3,
                        help="initial learning rate (default 3e-3)")

@@ -1,11 +1,19 @@
 """Layers: Dense, BatchNorm, activations, Dropout, Softmax.
 
-A layer declares its parameters (shapes, in Keras order) and its
-non-trainable state; the model owns one flat parameter buffer, one flat
-gradient buffer and one flat state buffer, and binds each layer to views into
-them. Activations and gradients live in buffers the layer keeps per batch
-size, so a steady-state training step allocates no arrays. Numerical kernels
-come only from :mod:`fastnn.ops`; the rest is NumPy with ``out=``.
+A layer owns all of its behaviour: it declares its parameters (shapes, in Keras
+order) and its non-trainable state; it computes its forward and backward pass; it
+builds its *planned* form (:meth:`Layer.plan_step`: its training pass bound once to
+live buffers through :mod:`fastnn.ops`' bound ops, run many times); it folds itself
+into the eval-mode network (:meth:`Layer.fold`: a BatchNorm into the Dense before
+it); and it describes itself (:meth:`Layer.get_config`). The model and the step
+engine (:mod:`fastnn._plan`) know layers only through this protocol, never by class,
+so a new layer is one class here.
+
+The model owns one flat parameter buffer, one flat gradient buffer and one flat
+state buffer, and binds each layer to views into them. Activations and gradients
+live in buffers the layer keeps per batch size, so a steady-state training step
+allocates no arrays. Numerical kernels come only from :mod:`fastnn.ops`; the rest
+is NumPy with ``out=``.
 """
 
 from __future__ import annotations
@@ -14,19 +22,21 @@ import math
 
 import numpy as np
 
-from . import _checks, ops
+from . import _checks, _names, ops
 
 __all__ = [
     "BatchNorm",
     "BatchNormalization",
     "Dense",
     "Dropout",
+    "Identity",
     "Layer",
     "LeakyReLU",
     "ReLU",
     "Sigmoid",
     "Softmax",
     "Tanh",
+    "activation",
     "from_config",
     "mlp",
 ]
@@ -34,12 +44,48 @@ __all__ = [
 _INITIALIZERS = ("he", "glorot", "lecun", "normal", "zeros")
 
 
+class PlannedStep:
+    """A layer's training pass bound to live buffers for one batch size.
+
+    ``forward`` is the list of bound ops of the forward pass, ``output`` the buffer
+    they leave the layer's output in. ``writable`` says whether the next layer may
+    overwrite ``output`` in place (the layer's backward does not read it);
+    ``fused_next`` that the op also ran the next layer (an activation fused into a
+    BatchNorm), which the engine then skips. ``backward(d, need_dx)`` returns the
+    bound ops of the backward pass from the output gradient buffer ``d`` and the
+    buffer they leave the input gradient in.
+    """
+
+    __slots__ = ("forward", "output", "writable", "fused_next", "_backward")
+
+    def __init__(self, forward: list, output: np.ndarray, backward, *, writable: bool,
+                 fused_next: bool = False) -> None:
+        self.forward = forward
+        self.output = output
+        self.writable = writable
+        self.fused_next = fused_next
+        self._backward = backward
+
+    def backward(self, d: np.ndarray, need_dx: bool) -> tuple[list, np.ndarray]:
+        return self._backward(d, need_dx)
+
+
 class Layer:
     """Base class of all layers.
 
     Subclasses set ``params`` / ``states`` (name -> shape) in :meth:`build` and
-    implement :meth:`forward` and :meth:`backward`.
+    implement :meth:`forward` and :meth:`backward`; they may add a planned form
+    (:meth:`plan_step`), an eval-mode fold (:meth:`fold`) and a config
+    (:meth:`get_config`). The class attributes below tell the model and the trainer
+    what they need to know about a layer without asking for its class.
     """
+
+    #: The output width the layer fixes (Dense: its units; None: same as its input).
+    units: int | None = None
+    #: Needs two or more rows per training batch (batch statistics).
+    needs_batch_statistics = False
+    #: The row softmax that ends a classifier (a cross-entropy loss fuses it).
+    softmax = False
 
     def __init__(self) -> None:
         self.input_dim: int | None = None
@@ -96,6 +142,29 @@ class Layer:
         """Gradient w.r.t. the input; parameter gradients go to the bound gradient views."""
         return dout
 
+    # -- planned steps and eval-mode folding ---------------------------------------------
+
+    def planned_activation(self) -> tuple[str, float] | None:
+        """``(kernel activation name, alpha)`` if a planned step can run this layer as an
+        elementwise activation (fused into the op before it); None otherwise."""
+        return None
+
+    def plan_step(self, x: np.ndarray, x_writable: bool, next_layer: Layer | None
+                  ) -> PlannedStep | str:
+        """This layer's training pass on the batch buffer ``x``, bound once; or a string
+        saying why it runs per-layer. ``x_writable``: the layer may overwrite ``x`` in
+        place; ``next_layer``: the layer after it (None at the end), which the planned
+        op may fuse (then ``PlannedStep.fused_next``)."""
+        return f"{type(self).__name__} layers run per-layer"
+
+    def fold(self, steps: list, previous: Layer | None) -> None:
+        """Add this layer's eval-mode step to ``steps`` (see ``Sequential._inference_plan``):
+        ``["affine", W, b, layer]`` (float64, ``h @ W + b``), ``["scale", a, b, layer]``
+        (``h * a + b``) or ``["layer", layer]`` (its own eval forward). A layer may merge
+        into the step before it when ``previous`` produced that step. Default: its own
+        forward."""
+        steps.append(["layer", self])
+
     # -- description -------------------------------------------------------------------
 
     def get_config(self) -> dict:
@@ -147,7 +216,8 @@ class Dense(Layer):
 
     def build(self, input_dim, dtype, next_layer=None) -> int:
         super().build(input_dim, dtype, next_layer)
-        followed_by_bn = isinstance(next_layer, BatchNorm)
+        # a layer of batch statistics shifts by its own beta: a bias before it is redundant
+        followed_by_bn = next_layer is not None and next_layer.needs_batch_statistics
         self.has_bias = self.use_bias is True or (self.use_bias == "auto" and not followed_by_bn)
         self._bias_note = "no bias: followed by BatchNorm" if (
             self.use_bias == "auto" and followed_by_bn) else ""
@@ -193,6 +263,30 @@ class Dense(Layer):
         np.matmul(dout, self.p["kernel"].T, out=dx)
         return dx
 
+    def plan_step(self, x, x_writable, next_layer):
+        out = np.empty((x.shape[0], self.units), self.dtype)
+        bias = self.p["bias"] if self.has_bias else None
+        forward = [ops.plan_matmul(x, self.p["kernel"], out, bias=bias)]
+
+        def backward(d, need_dx):
+            steps = [ops.plan_matmul(x, d, self.g["kernel"], trans_a=True)]
+            if self.has_bias:
+                steps.append(ops.plan_column_sum(d, self.g["bias"]))
+            if not need_dx:
+                return steps, None
+            dx = np.empty_like(x)
+            steps.append(ops.plan_matmul(d, self.p["kernel"], dx, trans_b=True))
+            return steps, dx
+
+        # the backward reads x, never the output: the next layer may overwrite it
+        return PlannedStep(forward, out, backward, writable=True)
+
+    def fold(self, steps, previous) -> None:
+        kernel = self.p["kernel"].astype(np.float64)
+        bias = (self.p["bias"].astype(np.float64) if self.has_bias
+                else np.zeros(self.units))
+        steps.append(["affine", kernel, bias, self])
+
     def get_config(self) -> dict:
         return {"units": self.units, "use_bias": self.use_bias,
                 "kernel_initializer": self.kernel_initializer}
@@ -211,6 +305,8 @@ class BatchNorm(Layer):
     running statistics, so a prediction never depends on the rest of the batch.
     Note Keras' ``momentum`` is the EWA's beta (0.99); here it is 1 - beta.
     """
+
+    needs_batch_statistics = True
 
     def __init__(self, momentum: float = 0.1, eps: float = 1e-5) -> None:
         super().__init__()
@@ -255,6 +351,35 @@ class BatchNorm(Layer):
         shift = self.p["beta"] - self.s["running_mean"] * scale
         return scale, shift
 
+    def plan_step(self, x, x_writable, next_layer):
+        act = next_layer.planned_activation() if next_layer is not None else None
+        name, alpha = act if act is not None else ("identity", 0.0)
+        dtype = self.dtype
+        out = np.empty_like(x)
+        cache = ops.BatchNormCache(True, np.empty_like(x), None, np.empty(x.shape[1], dtype),
+                                   np.empty(x.shape[1], dtype), self.p["gamma"])
+        forward = [ops.plan_batchnorm_train(
+            x, self.p["gamma"], self.p["beta"], self.s["running_mean"], self.s["running_var"],
+            out=out, cache=cache, momentum=self.momentum, eps=self.eps, activation=name,
+            alpha=alpha)]
+
+        def backward(d, need_dx):
+            # the activation's derivative (from the output) fused in; dx in place of d
+            return [ops.plan_batchnorm_backward(
+                d, cache, dx=d, dgamma=self.g["gamma"], dbeta=self.g["beta"],
+                y=out if name != "identity" else None, activation=name, alpha=alpha)], d
+
+        return PlannedStep(forward, out, backward, writable=False, fused_next=act is not None)
+
+    def fold(self, steps, previous) -> None:
+        scale, shift = self.scale_shift()
+        if steps and steps[-1][0] == "affine" and steps[-1][3] is previous:
+            # W' = W * scale, b' = b * scale + shift: one affine map, in float64
+            _, kernel, bias, _ = steps[-1]
+            steps[-1] = ["affine", kernel * scale, bias * scale + shift, previous]
+        else:
+            steps.append(["scale", scale, shift, self])
+
     def get_config(self) -> dict:
         return {"momentum": self.momentum, "eps": self.eps}
 
@@ -262,8 +387,59 @@ class BatchNorm(Layer):
 BatchNormalization = BatchNorm
 
 
-class ReLU(Layer):
+class Activation(Layer):
+    """An elementwise nonlinearity. A subclass that a bound kernel computes names it in
+    ``kernel_activation``; planned steps then run it in place on the output of the layer
+    before (or fused into a BatchNorm's op)."""
+
+    #: The bound kernel's name for this activation (None: planned steps cannot run it).
+    kernel_activation: str | None = None
+    #: The Dense initialiser that suits it (He for ReLU-like, Glorot otherwise).
+    initializer = "glorot"
+
+    def planned_activation(self):
+        if self.kernel_activation is None:
+            return None
+        return self.kernel_activation, float(getattr(self, "alpha", 0.0))
+
+    def plan_step(self, x, x_writable, next_layer):
+        act = self.planned_activation()
+        if act is None:
+            return super().plan_step(x, x_writable, next_layer)
+        if not x_writable:
+            # planned activations run in place on the output of a layer whose backward
+            # does not need that output (a Dense)
+            return "an activation that does not follow a Dense or BatchNorm layer"
+        name, alpha = act
+
+        def backward(d, need_dx):
+            return [ops.plan_activation(x, name, alpha=alpha, dout=d)], d
+
+        return PlannedStep([ops.plan_activation(x, name, alpha=alpha)], x, backward,
+                           writable=False)
+
+
+class Identity(Activation):
+    """``x`` unchanged: a linear hidden layer (scikit-learn's ``activation="identity"``)."""
+
+    def forward(self, x, training, rng=None):
+        return x
+
+    def backward(self, dout, need_dx=True):
+        return dout
+
+    def plan_step(self, x, x_writable, next_layer):
+        return PlannedStep([], x, lambda d, need_dx: ([], d), writable=x_writable)
+
+    def fold(self, steps, previous) -> None:
+        pass  # nothing to compute in eval mode
+
+
+class ReLU(Activation):
     """``max(x, 0)``."""
+
+    kernel_activation = "relu"
+    initializer = "he"
 
     def forward(self, x, training, rng=None):
         out = self._buffer("out", x.shape)
@@ -278,8 +454,11 @@ class ReLU(Layer):
         return dx
 
 
-class LeakyReLU(Layer):
+class LeakyReLU(Activation):
     """``x`` where positive, ``alpha * x`` elsewhere (0 <= alpha < 1)."""
+
+    kernel_activation = "leaky_relu"
+    initializer = "he"
 
     def __init__(self, alpha: float = 0.01) -> None:
         super().__init__()
@@ -304,8 +483,10 @@ class LeakyReLU(Layer):
         return {"alpha": self.alpha}
 
 
-class Tanh(Layer):
+class Tanh(Activation):
     """``tanh(x)``."""
+
+    kernel_activation = "tanh"
 
     def forward(self, x, training, rng=None):
         out = self._buffer("out", x.shape)
@@ -321,8 +502,10 @@ class Tanh(Layer):
         return dx
 
 
-class Sigmoid(Layer):
+class Sigmoid(Activation):
     """``1 / (1 + exp(-x))``, computed as ``(1 + tanh(x / 2)) / 2`` (no overflow)."""
+
+    kernel_activation = "sigmoid"
 
     def forward(self, x, training, rng=None):
         out = self._buffer("out", x.shape)
@@ -349,6 +532,8 @@ class Softmax(Layer):
     training: the loss takes the logits and the fused kernel does softmax and
     cross-entropy in one pass. ``predict_proba`` applies it.
     """
+
+    softmax = True
 
     def forward(self, x, training, rng=None):
         out = self._buffer("out", x.shape)
@@ -400,12 +585,15 @@ class Dropout(Layer):
         dx *= self.dtype.type(1.0 / (1.0 - self.rate))
         return dx
 
+    def fold(self, steps, previous) -> None:
+        pass  # the identity in eval mode
+
     def get_config(self) -> dict:
         return {"rate": self.rate}
 
 
-_CLASSES = {cls.__name__: cls for cls in (Dense, BatchNorm, ReLU, LeakyReLU, Tanh, Sigmoid,
-                                          Softmax, Dropout)}
+_CLASSES = {cls.__name__: cls for cls in (Dense, BatchNorm, Identity, ReLU, LeakyReLU, Tanh,
+                                          Sigmoid, Softmax, Dropout)}
 _CLASSES["BatchNormalization"] = BatchNorm
 
 
@@ -417,8 +605,19 @@ def from_config(config: dict) -> Layer:
     return _CLASSES[name](**config.get("config", {}))
 
 
-_ACTIVATION_NAMES = {"relu": ReLU, "leaky_relu": LeakyReLU, "tanh": Tanh, "sigmoid": Sigmoid,
-                     "logistic": Sigmoid}
+def activation(name: str) -> type[Layer]:
+    """The activation layer class called ``name`` (see :data:`fastnn._names.ACTIVATIONS`).
+
+    >>> activation("logistic").__name__
+    'Sigmoid'
+    """
+    if not isinstance(name, str) or name not in _names.ACTIVATIONS:
+        raise ValueError(f"activation must be one of {sorted(_names.ACTIVATIONS)}; got "
+                         f"{name!r}")
+    return _CLASSES[_names.ACTIVATIONS[name]]
+
+
+_activation_by_name = activation  # mlp's argument of the same name shadows it
 
 
 def mlp(hidden, n_outputs: int, *, activation="relu", batch_norm: bool = True,
@@ -435,18 +634,16 @@ def mlp(hidden, n_outputs: int, *, activation="relu", batch_norm: bool = True,
     hidden : sequence of int
     n_outputs : int
     activation : str or Layer class
-        "relu", "leaky_relu", "tanh", "sigmoid" (alias "logistic"), or a Layer subclass.
+        "relu", "leaky_relu", "tanh", "sigmoid" (alias "logistic"), "identity", or a
+        Layer subclass.
     batch_norm, dropout, softmax : as described above.
 
     >>> [type(layer).__name__ for layer in mlp([8], 3)]
     ['Dense', 'BatchNorm', 'ReLU', 'Dense', 'Softmax']
     """
     if isinstance(activation, str):
-        if activation not in _ACTIVATION_NAMES:
-            raise ValueError(f"activation must be one of {sorted(_ACTIVATION_NAMES)} or a "
-                             f"Layer class; got {activation!r}")
-        activation = _ACTIVATION_NAMES[activation]
-    init = "he" if activation in (ReLU, LeakyReLU) else "glorot"
+        activation = _activation_by_name(activation)
+    init = getattr(activation, "initializer", "glorot")
     layers: list[Layer] = []
     for width in hidden:
         layers.append(Dense(width, kernel_initializer=init))

@@ -15,9 +15,18 @@ __all__ = ["Loss", "MeanSquaredError", "SoftmaxCrossEntropy", "from_config"]
 
 
 class Loss:
-    """Base class. ``classification`` tells the model to map labels to class indices."""
+    """Base class. ``classification`` tells the model to map labels to class indices;
+    ``fuses_softmax`` that the loss takes logits and a final Softmax layer is fused into
+    it (the model skips that layer in training)."""
 
     classification = False
+    fuses_softmax = False
+
+    def plan_step(self, logits: np.ndarray, labels: np.ndarray, grad: np.ndarray,
+                  row_loss: np.ndarray):
+        """The loss and its gradient as a bound op (see :mod:`fastnn._plan`), for losses
+        planned steps can run; the others raise TypeError."""
+        raise TypeError(f"{type(self).__name__} has no planned form")
 
     def __call__(self, outputs: np.ndarray, targets: np.ndarray, grad: np.ndarray, *,
                  sample_weight: np.ndarray | None = None,
@@ -44,6 +53,7 @@ class SoftmaxCrossEntropy(Loss):
     """
 
     classification = True
+    fuses_softmax = True
 
     def __init__(self, label_smoothing: float = 0.0, class_weight=None) -> None:
         _checks.real("label_smoothing", label_smoothing, 0.0, 1.0)
@@ -88,6 +98,11 @@ class SoftmaxCrossEntropy(Loss):
             raise ValueError("sample_weight gives this batch a total weight of 0")
         grad *= (sample_weight * (norm / total)).astype(grad.dtype)[:, None]
         return float(np.dot(sample_weight, row_loss) / total)
+
+    def plan_step(self, logits, labels, grad, row_loss):
+        return ops.plan_softmax_cross_entropy(
+            logits, labels, grad, row_loss, class_weight=self._weights(logits.dtype),
+            label_smoothing=self.label_smoothing)
 
     def get_config(self) -> dict:
         return {"class": "SoftmaxCrossEntropy", "label_smoothing": self.label_smoothing,

@@ -3,20 +3,25 @@
 The model owns three flat buffers (parameters, their gradients, and
 non-trainable state such as BatchNorm running statistics); every layer's
 weights are views into them, so one optimizer call updates all parameters in
-one fused pass. Training is :meth:`Sequential.fit` (see :mod:`fastnn.trainer`);
-inference folds each BatchNorm into the Dense layer before it (one matmul).
+one fused pass. Training is :meth:`Sequential.fit`, inherited from
+:class:`fastnn.trainer.Trainer`; inference folds each BatchNorm into the Dense layer
+before it (one matmul); :meth:`Sequential.save` and :meth:`Sequential.load` translate
+between a model and the file format of :mod:`fastnn.serialization`.
 """
 
 from __future__ import annotations
 
 import math
-import numbers
 
 import numpy as np
 
+from . import _checks, _targets
 from . import layers as layers_mod
 from . import losses as losses_mod
-from .layers import BatchNorm, Dense, Dropout, Layer, Softmax
+from . import optimizers as optimizers_mod
+from .callbacks import History
+from .layers import Layer
+from .trainer import Trainer
 
 __all__ = ["Sequential"]
 
@@ -54,29 +59,7 @@ def _model_dtype(dtype) -> np.dtype:
     return _DTYPES[dt.name]
 
 
-def check_features(name: str, X, n_features: int | None, dtype: np.dtype) -> np.ndarray:
-    """X as a finite C-contiguous 2-D array of the model's dtype (cast once if needed)."""
-    if X is None:
-        raise ValueError(f"{name} is required; got None")
-    arr = np.asarray(X)
-    if arr.dtype.kind not in "biuf":
-        raise TypeError(f"{name} must be numeric; got dtype {arr.dtype}")
-    if arr.ndim != 2:
-        raise ValueError(f"{name} must be 2-D (samples, features); got shape {arr.shape}")
-    if arr.shape[0] == 0:
-        raise ValueError(f"{name} is empty: got shape {arr.shape}")
-    if n_features is not None and arr.shape[1] != n_features:
-        raise ValueError(f"{name} has {arr.shape[1]} features; the model expects {n_features}")
-    # The one cast of the data to the model's dtype (float64 data into a float32 model is
-    # rounded here, once; nothing is promoted later).
-    arr = np.ascontiguousarray(arr, dtype=dtype)
-    if not np.isfinite(arr).all():
-        bad = np.argwhere(~np.isfinite(arr))[0]
-        raise ValueError(f"{name} contains NaN or inf (first at row {bad[0]}, column {bad[1]})")
-    return arr
-
-
-class Sequential:
+class Sequential(Trainer):
     """A feed-forward network: layers applied in order.
 
     Parameters
@@ -122,16 +105,15 @@ class Sequential:
                                 f"{type(layer).__name__}")
         if len({id(layer) for layer in layers}) != len(layers):
             raise ValueError("a layer instance appears twice in layers; create one per position")
-        if not any(isinstance(layer, Dense) for layer in layers):
+        if all(layer.units is None for layer in layers):
             raise ValueError("layers must contain at least one Dense layer")
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)
-                                 or seed < 0):
-            raise ValueError(f"seed must be a non-negative integer or None; got {seed!r}")
+        if seed is not None:
+            seed = _checks.integer("seed", seed, minimum=0)
         self.layers = layers
         self.dtype = _model_dtype(dtype)
         self.seed = None if seed is None else int(seed)
         if loss is None:
-            loss = "cross_entropy" if isinstance(layers[-1], Softmax) else "mse"
+            loss = "cross_entropy" if layers[-1].softmax else "mse"
         self.loss = losses_mod.get(loss)
         self.optimizer = None
         self.history = None
@@ -156,8 +138,7 @@ class Sequential:
     @property
     def fused_softmax(self) -> bool:
         """True if training skips the final Softmax (cross-entropy takes logits)."""
-        return isinstance(self.loss, losses_mod.SoftmaxCrossEntropy) and isinstance(
-            self.layers[-1], Softmax)
+        return self.loss.fuses_softmax and self.layers[-1].softmax
 
     @property
     def _train_layers(self) -> list[Layer]:
@@ -165,10 +146,8 @@ class Sequential:
 
     def build(self, input_dim: int) -> Sequential:
         """Create the flat buffers for ``input_dim`` features and initialise the parameters."""
-        if isinstance(input_dim, bool) or not isinstance(input_dim, numbers.Integral) \
-                or input_dim < 1:
-            raise ValueError(f"input_dim must be an integer >= 1; got {input_dim!r}")
-        dim = int(input_dim)
+        input_dim = _checks.integer("input_dim", input_dim, minimum=1)
+        dim = input_dim
         for i, layer in enumerate(self.layers):
             following = self.layers[i + 1] if i + 1 < len(self.layers) else None
             dim = layer.build(dim, self.dtype, following)
@@ -253,25 +232,18 @@ class Sequential:
         """
         dtype = self.dtype if dtype is None else np.dtype(dtype)
         layers = self._train_layers if logits else self.layers
-        steps, i = [], 0
-        while i < len(layers):
-            layer = layers[i]
-            if isinstance(layer, Dense):
-                kernel = layer.p["kernel"].astype(np.float64)
-                bias = (layer.p["bias"].astype(np.float64) if layer.has_bias
-                        else np.zeros(layer.units))
-                if i + 1 < len(layers) and isinstance(layers[i + 1], BatchNorm):
-                    scale, shift = layers[i + 1].scale_shift()
-                    kernel, bias = kernel * scale, bias * scale + shift
-                    i += 1
-                steps.append(("affine", kernel.astype(dtype), bias.astype(dtype)))
-            elif isinstance(layer, BatchNorm):
-                scale, shift = layer.scale_shift()
-                steps.append(("scale", scale.astype(dtype), shift.astype(dtype)))
-            elif not isinstance(layer, Dropout):
-                steps.append(("layer", layer))
-            i += 1
-        return steps
+        steps: list = []
+        previous = None
+        for layer in layers:
+            layer.fold(steps, previous)  # each layer adds its step or merges into the last
+            previous = layer
+        plan = []
+        for kind, *args in steps:
+            if kind == "layer":
+                plan.append((kind, args[0]))
+            else:  # the folded weights, computed in float64, cast once
+                plan.append((kind, args[0].astype(dtype), args[1].astype(dtype)))
+        return plan
 
     def _infer(self, X: np.ndarray, *, logits: bool = False, fold: bool = True,
                dtype=None) -> np.ndarray:
@@ -313,9 +285,9 @@ class Sequential:
         if not self.loss.classification:
             raise TypeError("predict_proba needs a classifier (a cross-entropy loss); "
                             "this model is a regressor: use predict")
-        X = check_features("X", X, self.input_dim, self.dtype)
+        X = _checks.features("X", X, self.input_dim, self.dtype)
         out = self._infer(X)
-        if not isinstance(self.layers[-1], Softmax):
+        if not self.layers[-1].softmax:
             from . import ops
             out = ops.softmax(out, out=out)
         return out
@@ -327,7 +299,7 @@ class Sequential:
             probs = self.predict_proba(X)
             index = np.argmax(probs, axis=1)
             return index if self.classes_ is None else self.classes_[index]
-        X = check_features("X", X, self.input_dim, self.dtype)
+        X = _checks.features("X", X, self.input_dim, self.dtype)
         out = self._infer(X)
         return out[:, 0] if out.shape[1] == 1 and self._targets_1d else out
 
@@ -336,10 +308,11 @@ class Sequential:
     def evaluate(self, X, y, *, sample_weight=None) -> dict:
         """Loss (and accuracy for a classifier) in eval mode: ``{"loss": ..., "accuracy": ...}``."""
         self._require_built()
-        X = check_features("X", X, self.input_dim, self.dtype)
-        targets, _, _ = self._encode_targets(y, X.shape[0], output_dim=self.output_dim,
-                                             classes=self.classes_)
-        weights = _check_sample_weight(sample_weight, X.shape[0])
+        X = _checks.features("X", X, self.input_dim, self.dtype)
+        targets, _, _ = _targets.encode(y, X.shape[0], classification=self.loss.classification,
+                                        output_dim=self.output_dim, dtype=self.dtype,
+                                        classes=self.classes_)
+        weights = _checks.sample_weight("sample_weight", sample_weight, X.shape[0])
         return self._evaluate_arrays(X, targets, weights)
 
     def _evaluate_arrays(self, X, targets, weights) -> dict:
@@ -352,105 +325,9 @@ class Sequential:
             result["accuracy"] = float(np.average(correct, weights=weights))
         return result
 
-    # ------------------------------------------------------------------------------------
-    # Labels
-    # ------------------------------------------------------------------------------------
-
     def static_output_dim(self) -> int:
-        """The output width, known before building: the last Dense layer's units."""
-        return next(layer.units for layer in reversed(self.layers) if isinstance(layer, Dense))
-
-    def _encode_targets(self, y, n: int, *, output_dim: int, classes=None, name: str = "y"):
-        """(targets, classes, targets_1d) without changing the model.
-
-        A classifier's targets are int64 class indices; ``classes`` maps them back to the
-        labels (new if None: integer labels in [0, outputs) map to themselves, any other
-        labels must name exactly one class per output). A regressor's targets are a
-        float (n, outputs) array.
-        """
-        if y is None:
-            raise ValueError(f"{name} is required; got None")
-        y = np.asarray(y)
-        if y.shape[0:1] != (n,):
-            raise ValueError(f"{name} must have {n} entries (one per row of X); got shape "
-                             f"{y.shape}")
-        if not self.loss.classification:
-            if y.dtype.kind not in "biuf":
-                raise TypeError(f"{name} must be numeric for a regressor; got dtype {y.dtype}")
-            targets = np.ascontiguousarray(y, dtype=self.dtype)
-            width = 1 if targets.ndim == 1 else targets.shape[1]
-            if targets.ndim > 2 or width != output_dim:
-                raise ValueError(f"{name} must have shape ({n},) or ({n}, {output_dim}) for a "
-                                 f"model with {output_dim} outputs; got {y.shape}")
-            if not np.isfinite(targets).all():
-                raise ValueError(f"{name} contains NaN or inf")
-            return targets.reshape(n, width), None, targets.ndim == 1
-        if y.ndim != 1:
-            raise ValueError(f"{name} must be 1-D class labels; got shape {y.shape}")
-        if y.dtype.kind == "f":
-            if not np.all(np.isfinite(y)) or not np.all(y == np.round(y)):
-                raise ValueError(f"{name} has non-integer float labels; pass class labels")
-            y = y.astype(np.int64)
-        if classes is None:
-            classes = self._classes_for(y, output_dim, name)
-        if classes.dtype.kind in "iu" and np.array_equal(classes, np.arange(classes.size)):
-            if y.dtype.kind not in "iu":
-                raise ValueError(f"{name} has labels of dtype {y.dtype}; this model's classes "
-                                 f"are 0..{classes.size - 1}")
-            targets = y.astype(np.int64)
-            bad = (targets < 0) | (targets >= classes.size)
-            if bad.any():
-                raise ValueError(f"{name} has label {targets[bad][0].item()!r} outside this "
-                                 f"model's classes 0..{classes.size - 1}")
-            return targets, classes, True
-        try:
-            index = np.minimum(np.searchsorted(classes, y), classes.size - 1)
-            known = classes[index] == y
-        except TypeError:
-            raise ValueError(f"{name} has labels of dtype {y.dtype}; this model's classes are "
-                             f"{classes.tolist()}") from None
-        if not np.all(known):
-            raise ValueError(f"{name} has label {y[~known][0].item()!r} not among this model's "
-                             f"classes {classes.tolist()}")
-        return index.astype(np.int64), classes, True
-
-    @staticmethod
-    def _classes_for(y: np.ndarray, n_out: int, name: str) -> np.ndarray:
-        if y.dtype.kind in "iu" and y.size and y.min() >= 0 and y.max() < n_out:
-            return np.arange(n_out)
-        try:
-            classes = np.unique(y)
-        except TypeError:
-            raise TypeError(f"{name} mixes label types that cannot be ordered (e.g. numbers "
-                            "and strings); use one type") from None
-        if classes.size > n_out:
-            raise ValueError(f"{name} has {classes.size} classes but the model has only "
-                             f"{n_out} outputs")
-        if classes.size < n_out:
-            raise ValueError(
-                f"{name} has {classes.size} classes ({classes.tolist()[:10]}) for a model with "
-                f"{n_out} outputs: labels other than 0..{n_out - 1} must name exactly one "
-                f"class per output")
-        return classes
-
-    # ------------------------------------------------------------------------------------
-    # Training
-    # ------------------------------------------------------------------------------------
-
-    def fit(self, X, y, epochs: int = 1, batch_size: int = 32, optimizer=None,
-            validation_data=None, validation_split: float = 0.0, shuffle: bool = True,
-            seed: int | None = None, callbacks=None, verbose: int = 1, sample_weight=None):
-        """Train for ``epochs`` more epochs; returns a :class:`~fastnn.callbacks.History`.
-
-        See :func:`fastnn.trainer.fit` for every argument. Calling ``fit`` again continues
-        from where the last call stopped: same optimizer and its state, epoch count, seed.
-        """
-        from .trainer import fit
-
-        return fit(self, X, y, epochs=epochs, batch_size=batch_size, optimizer=optimizer,
-                   validation_data=validation_data, validation_split=validation_split,
-                   shuffle=shuffle, seed=seed, callbacks=callbacks, verbose=verbose,
-                   sample_weight=sample_weight)
+        """The output width, known before building: the last width-fixing (Dense) layer's."""
+        return next(layer.units for layer in reversed(self.layers) if layer.units is not None)
 
     # ------------------------------------------------------------------------------------
     # Weights, summary, saving
@@ -511,10 +388,84 @@ class Sequential:
         return text
 
     def save(self, path) -> None:
-        """Save the model (and optimizer state, epoch, history) atomically; see fastnn.load."""
-        from .serialization import save_model
+        """Save the model (and optimizer state, epoch, history) atomically; see :meth:`load`."""
+        from . import serialization
 
-        save_model(self, path)
+        self._require_built()
+        opt, history = self.optimizer, self.history
+        config = {
+            "model": self.get_config(),
+            "epochs_trained": self.epochs_trained,
+            "train_seed": self.train_seed,
+            "targets_1d": bool(self._targets_1d),
+            "optimizer": None if opt is None else opt.get_config(),
+            "history": None if history is None else {
+                "epoch": history.epoch, "history": history.history,
+                "stop_reason": history.stop_reason},
+        }
+        arrays = {"params": self._params, "states": self._states}
+        if self.classes_ is not None:
+            classes = self.classes_
+            if classes.dtype.kind not in "biuf":
+                classes = classes.astype(str)  # strings as a unicode array: no pickle needed
+            arrays["classes"] = classes
+        if opt is not None:
+            for name, arr in opt.state_arrays().items():
+                arrays[f"optimizer/{name}"] = arr
+        serialization.write(path, config, arrays)
+
+    @classmethod
+    def load(cls, path) -> Sequential:
+        """A model saved by :meth:`save`, optimizer state and history included (``fit``
+        continues exactly as if it had never stopped).
+
+        Raises
+        ------
+        FileNotFoundError
+            If ``path`` does not exist.
+        ValueError
+            If the file is truncated, not a fastnn model, from a newer format, holds
+            pickled (object) data (never loaded), or does not match its own config.
+        """
+        from . import serialization
+
+        config, arrays = serialization.read(path)
+        try:
+            return cls._from_saved(config, arrays)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"{path}: the saved model is inconsistent ({exc})") from None
+
+    @classmethod
+    def _from_saved(cls, config: dict, arrays: dict) -> Sequential:
+        model = cls.from_config(config["model"])
+        if not model.built:
+            raise ValueError("the saved model was never built")
+        for key, target in (("params", model._params), ("states", model._states)):
+            arr = arrays.get(key)
+            if arr is None or arr.shape != target.shape or arr.dtype != target.dtype:
+                raise ValueError(f"{key!r} has shape {None if arr is None else arr.shape}, "
+                                 f"expected {target.shape} {target.dtype}")
+            target[...] = arr
+        if "classes" in arrays:
+            model.classes_ = arrays["classes"]
+        model.epochs_trained = int(config["epochs_trained"])
+        model.train_seed = config.get("train_seed")
+        model._targets_1d = bool(config.get("targets_1d", True))
+        if config.get("optimizer") is not None:
+            opt = optimizers_mod.from_config(config["optimizer"])
+            states = {k.split("/", 1)[1]: v for k, v in arrays.items()
+                      if k.startswith("optimizer/")}
+            if states:
+                opt.load_state_arrays(states)
+            model.optimizer = opt
+        saved_history = config.get("history")
+        if saved_history is not None:
+            history = History()
+            history.epoch = list(saved_history["epoch"])
+            history.history = {k: list(v) for k, v in saved_history["history"].items()}
+            history.stop_reason = saved_history.get("stop_reason")
+            model.history = history
+        return model
 
     def get_config(self) -> dict:
         return {
@@ -535,17 +486,3 @@ class Sequential:
     def __repr__(self) -> str:
         inner = ", ".join(repr(layer) for layer in self.layers)
         return f"Sequential([{inner}], input_dim={self.input_dim}, dtype={self.dtype.name!r})"
-
-
-def _check_sample_weight(sample_weight, n: int):
-    if sample_weight is None:
-        return None
-    w = np.asarray(sample_weight, dtype=np.float64)
-    if w.shape != (n,):
-        raise ValueError(f"sample_weight must have shape ({n},); got {w.shape}")
-    if not np.all(np.isfinite(w)) or np.any(w < 0):
-        raise ValueError("sample_weight must be finite and non-negative")
-    if not np.any(w > 0):
-        raise ValueError("sample_weight is zero everywhere")
-    return np.ascontiguousarray(w)
-

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import _checks, ops, schedules
+from . import _checks, _names, ops, schedules
 
 __all__ = ["SGD", "Adam", "AdamW", "Optimizer", "RMSprop", "from_config", "get"]
 
@@ -265,16 +265,32 @@ class AdamW(Adam):
 _CLASSES = {cls.__name__: cls for cls in (SGD, RMSprop, Adam, AdamW)}
 
 
+def by_name(name: str) -> type[Optimizer]:
+    """The optimizer class called ``name`` (see :data:`fastnn._names.OPTIMIZERS`), in any
+    case: ``"adam"``, ``"adamw"``, ``"sgd"``, ``"rmsprop"``."""
+    key = name.lower() if isinstance(name, str) else None
+    if key not in _names.OPTIMIZERS:
+        raise ValueError(f"optimizer must be a fastnn.optimizers.Optimizer or one of "
+                         f"{sorted(_names.OPTIMIZERS)}; got {name!r}")
+    return _CLASSES[_names.OPTIMIZERS[key]]
+
+
+def make(name: str, lr=None, **options) -> Optimizer:
+    """The optimizer called ``name`` with learning rate ``lr`` (a float or a schedule; None:
+    the class's default) and the class's own keyword ``options``.
+
+    >>> make("sgd", 0.1, momentum=0.9)
+    SGD(lr=0.1, momentum=0.9, nesterov=False, weight_decay=0.0)
+    """
+    cls = by_name(name)
+    return cls(**options) if lr is None else cls(lr, **options)
+
+
 def get(optimizer) -> Optimizer:
     """An optimizer from an instance or a name (``"adam"``, ``"sgd"``, ...), defaults otherwise."""
     if isinstance(optimizer, Optimizer):
         return optimizer
-    if isinstance(optimizer, str):
-        by_lower = {name.lower(): cls for name, cls in _CLASSES.items()}
-        if optimizer.lower() in by_lower:
-            return by_lower[optimizer.lower()]()
-    raise ValueError(f"optimizer must be a fastnn.optimizers.Optimizer or one of "
-                     f"{sorted(n.lower() for n in _CLASSES)}; got {optimizer!r}")
+    return make(optimizer)
 
 
 def from_config(config: dict) -> Optimizer:

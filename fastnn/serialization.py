@@ -1,11 +1,10 @@
-"""Saving and loading models: one .npz of arrays plus a JSON config, no pickle.
+"""The model file format: one .npz of named arrays plus a JSON config, no pickle.
 
-The file holds the flat parameter and state buffers, the optimizer's state
-buffers, the class labels, and a JSON document (stored as a 0-d unicode
-array) with the architecture, the optimizer's configuration and step count,
-the epochs trained, the training seed and the last History. Loading uses
-``allow_pickle=False``; a model saved mid-training and loaded again continues
-``fit`` exactly as if it had never stopped.
+This module knows the file, not the model: :func:`write` stores a JSON document (a 0-d
+unicode array) and named arrays, :func:`read` gives them back after checking the file
+is a fastnn file of a format version this fastnn reads. What the config and arrays
+mean is :class:`fastnn.Sequential`'s business (``save`` and ``load`` translate).
+Loading uses ``allow_pickle=False``.
 
 Writes are atomic: the file is written under a temporary name in the same
 directory, flushed to disk, then renamed over the target, so a crash during a
@@ -22,53 +21,27 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__
-from . import optimizers as optimizers_mod
+from ._version import __version__
 
-__all__ = ["FORMAT_VERSION", "load", "save_model"]
+__all__ = ["FORMAT_NAME", "FORMAT_VERSION", "read", "write"]
 
 FORMAT_NAME = "fastnn-model"
 FORMAT_VERSION = 1
 _CONFIG_KEY = "fastnn_config"
 
 
-def save_model(model, path) -> None:
-    """Write ``model`` to ``path`` atomically (see the module docstring)."""
-    model._require_built()
+def write(path, config: dict, arrays: dict) -> None:
+    """Write ``config`` (JSON-serialisable) and ``arrays`` (name -> ndarray, no object
+    dtype) to ``path`` atomically (see the module docstring)."""
     path = Path(path)
-    opt = model.optimizer
-    history = model.history
-    config = {
-        "format": FORMAT_NAME,
-        "format_version": FORMAT_VERSION,
-        "fastnn_version": __version__,
-        "model": model.get_config(),
-        "epochs_trained": model.epochs_trained,
-        "train_seed": model.train_seed,
-        "targets_1d": bool(model._targets_1d),
-        "optimizer": None if opt is None else opt.get_config(),
-        "history": None if history is None else {
-            "epoch": history.epoch, "history": history.history,
-            "stop_reason": history.stop_reason},
-    }
-    arrays = {
-        _CONFIG_KEY: np.array(json.dumps(config)),
-        "params": model._params,
-        "states": model._states,
-    }
-    if model.classes_ is not None:
-        classes = model.classes_
-        if classes.dtype.kind not in "biuf":
-            classes = classes.astype(str)  # strings as a unicode array: no pickle needed
-        arrays["classes"] = classes
-    if opt is not None:
-        for name, arr in opt.state_arrays().items():
-            arrays[f"optimizer/{name}"] = arr
+    document = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION,
+                "fastnn_version": __version__, **config}
+    members = {_CONFIG_KEY: np.array(json.dumps(document)), **arrays}
     directory = path.parent if str(path.parent) else Path(".")
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
     try:
         with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, **arrays)
+            np.savez(fh, **members)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -80,8 +53,8 @@ def save_model(model, path) -> None:
         raise
 
 
-def load(path):
-    """Load a model saved with :meth:`Sequential.save` (optimizer state and history included).
+def read(path) -> tuple[dict, dict]:
+    """``(config, arrays)`` of a fastnn file written by :func:`write`.
 
     Raises
     ------
@@ -91,9 +64,6 @@ def load(path):
         If the file is truncated, not a fastnn model, from a newer format, or holds pickled
         (object) data, which is never loaded.
     """
-    from .callbacks import History
-    from .model import Sequential
-
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"no such model file: {path}")
@@ -129,35 +99,4 @@ def load(path):
     if not isinstance(version, int) or version > FORMAT_VERSION:
         raise ValueError(f"{path} has format version {version!r}; this fastnn "
                          f"({__version__}) reads versions up to {FORMAT_VERSION}")
-    try:
-        model = Sequential.from_config(config["model"])
-        if not model.built:
-            raise ValueError("the saved model was never built")
-        for key, target in (("params", model._params), ("states", model._states)):
-            arr = arrays.get(key)
-            if arr is None or arr.shape != target.shape or arr.dtype != target.dtype:
-                raise ValueError(f"{key!r} has shape {None if arr is None else arr.shape}, "
-                                 f"expected {target.shape} {target.dtype}")
-            target[...] = arr
-        if "classes" in arrays:
-            model.classes_ = arrays["classes"]
-        model.epochs_trained = int(config["epochs_trained"])
-        model.train_seed = config.get("train_seed")
-        model._targets_1d = bool(config.get("targets_1d", True))
-        if config.get("optimizer") is not None:
-            opt = optimizers_mod.from_config(config["optimizer"])
-            states = {k.split("/", 1)[1]: v for k, v in arrays.items()
-                      if k.startswith("optimizer/")}
-            if states:
-                opt.load_state_arrays(states)
-            model.optimizer = opt
-        saved_history = config.get("history")
-        if saved_history is not None:
-            history = History()
-            history.epoch = list(saved_history["epoch"])
-            history.history = {k: list(v) for k, v in saved_history["history"].items()}
-            history.stop_reason = saved_history.get("stop_reason")
-            model.history = history
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ValueError(f"{path}: the saved model is inconsistent ({exc})") from None
-    return model
+    return config, {k: v for k, v in arrays.items() if k != _CONFIG_KEY}

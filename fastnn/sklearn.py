@@ -48,9 +48,10 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
         'fastnn.sklearn needs scikit-learn: pip install "fastnn-cpu[sklearn]"'
         f" ({exc})") from None
 
-from . import optimizers, schedules
+from . import _names, optimizers, schedules
 from .callbacks import Callback
-from .layers import ReLU, Sigmoid, Tanh, mlp
+from .layers import activation as activation_layer
+from .layers import mlp
 from .losses import MeanSquaredError, SoftmaxCrossEntropy
 from .model import Sequential
 
@@ -59,17 +60,9 @@ __all__ = ["FastNNClassifier", "FastNNRegressor"]
 _DECAYS = set(schedules.DECAYS) - {"none"}
 
 
-class _Identity(ReLU):
-    """``activation="identity"``: no nonlinearity (a linear hidden layer)."""
-
-    def forward(self, x, training, rng=None):
-        return x
-
-    def backward(self, dout, need_dx=True):
-        return dout
-
-
-_ACTIVATIONS = {"relu": ReLU, "tanh": Tanh, "logistic": Sigmoid, "identity": _Identity}
+# MLPClassifier's activation names (a subset of fastnn's vocabulary, fastnn._names).
+_ACTIVATIONS = ("identity", "logistic", "tanh", "relu")
+_SOLVERS = tuple(_names.OPTIMIZERS)
 
 
 def _stalled(count: int, value: float, best: float, tol: float, maximize: bool = False) -> int:
@@ -138,7 +131,7 @@ class _BaseFastNN(BaseEstimator):
     _parameter_constraints: dict = {
         "hidden_layer_sizes": ["array-like", Interval(Integral, 1, None, closed="left")],
         "activation": [StrOptions(set(_ACTIVATIONS))],
-        "solver": [StrOptions({"adam", "adamw", "sgd", "rmsprop"})],
+        "solver": [StrOptions(set(_SOLVERS))],
         "alpha": [Interval(Real, 0, None, closed="left")],
         "batch_size": [StrOptions({"auto"}), Interval(Integral, 1, None, closed="left")],
         "learning_rate": [StrOptions({"constant", "invscaling", "adaptive"} | _DECAYS)],
@@ -218,7 +211,7 @@ class _BaseFastNN(BaseEstimator):
         return int(rs.randint(np.iinfo(np.int32).max))  # a RandomState
 
     def _build_model(self, n_outputs: int, seed: int) -> Sequential:
-        layers = mlp(self._hidden_sizes(), n_outputs, activation=_ACTIVATIONS[self.activation],
+        layers = mlp(self._hidden_sizes(), n_outputs, activation=activation_layer(self.activation),
                      batch_norm=self.batch_norm, dropout=self.dropout,
                      softmax=self._is_classifier)
         return Sequential(layers, dtype=self.dtype, seed=seed, loss=self._make_loss())
@@ -235,14 +228,14 @@ class _BaseFastNN(BaseEstimator):
     def _make_optimizer(self, n_samples: int, batch_size: int):
         lr = self._rate(n_samples)
         wd = self.alpha / batch_size
-        if self.solver == "adam":
-            return optimizers.Adam(lr, self.beta_1, self.beta_2, self.epsilon, weight_decay=wd)
-        if self.solver == "adamw":
-            return optimizers.AdamW(lr, self.beta_1, self.beta_2, self.epsilon, weight_decay=wd)
-        if self.solver == "rmsprop":
-            return optimizers.RMSprop(lr, epsilon=self.epsilon, weight_decay=wd)
-        nesterov = self.nesterovs_momentum and self.momentum > 0
-        return optimizers.SGD(lr, momentum=self.momentum, nesterov=nesterov, weight_decay=wd)
+        if self.solver in ("adam", "adamw"):
+            options = {"beta_1": self.beta_1, "beta_2": self.beta_2, "epsilon": self.epsilon}
+        elif self.solver == "rmsprop":
+            options = {"epsilon": self.epsilon}
+        else:
+            options = {"momentum": self.momentum,
+                       "nesterov": self.nesterovs_momentum and self.momentum > 0}
+        return optimizers.make(self.solver, lr, weight_decay=wd, **options)
 
     def _batch(self, n_samples: int) -> int:
         if self.batch_size == "auto":

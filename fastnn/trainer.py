@@ -1,4 +1,17 @@
-"""The fit loop: validation, batching, the training step, callbacks, the non-finite policy."""
+"""The fit loop: validation, batching, the training step, callbacks, the non-finite policy.
+
+:class:`Trainer` sits below the model (as Keras' ``Model(Trainer, ...)``):
+:class:`fastnn.Sequential` inherits ``fit`` from it, and the loop knows the model only by
+this protocol, never by its module:
+
+* facts: ``dtype``, ``built``, ``input_dim``, ``output_dim``, ``static_output_dim()``,
+  ``layers`` (each layer's ``needs_batch_statistics``), ``loss``, ``classes_``, ``seed``,
+  ``optimizer``, ``epochs_trained``, ``train_seed``, ``plan_steps``, ``fused_softmax``,
+  ``_train_layers``;
+* the flat buffers ``_params``, ``_grads``, ``_states`` (parameters, gradients, state);
+* ``build(input_dim)``; the per-layer pass ``_forward(x, rng)``, ``_backward(dout)`` and
+  ``_output_grad_buffer(n)``; ``_evaluate_arrays(X, targets, weights)``.
+"""
 
 from __future__ import annotations
 
@@ -8,18 +21,12 @@ import warnings
 
 import numpy as np
 
+from . import _checks, _targets
 from . import optimizers as optimizers_mod
 from ._plan import TrainPlan, plan_unsupported
 from .callbacks import Callback, History, ProgressBar
-from .layers import BatchNorm
 
-__all__ = ["fit", "batch_sizes"]
-
-
-def _int_arg(name: str, value, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}; got {value!r}")
-    return int(value)
+__all__ = ["Trainer", "batch_sizes"]
 
 
 def batch_sizes(n: int, batch_size: int, merge_single: bool) -> list[int]:
@@ -48,143 +55,150 @@ def _check_validation_data(model, validation_data, n_features, output_dim, class
     if not isinstance(validation_data, (tuple, list)) or len(validation_data) not in (2, 3):
         raise ValueError("validation_data must be a tuple (X_val, y_val) or "
                          "(X_val, y_val, sample_weight_val)")
-    from .model import _check_sample_weight, check_features
-
-    Xv = check_features("validation_data X", validation_data[0], n_features, model.dtype)
-    yv, _, _ = model._encode_targets(validation_data[1], Xv.shape[0], output_dim=output_dim,
-                                     classes=classes, name="validation_data y")
+    Xv = _checks.features("validation_data X", validation_data[0], n_features, model.dtype)
+    yv, _, _ = _targets.encode(validation_data[1], Xv.shape[0],
+                               classification=model.loss.classification,
+                               output_dim=output_dim, dtype=model.dtype, classes=classes,
+                               name="validation_data y")
     wv = None
     if len(validation_data) == 3:
-        wv = _check_sample_weight(validation_data[2], Xv.shape[0])
+        wv = _checks.sample_weight("sample_weight", validation_data[2], Xv.shape[0])
     return Xv, yv, wv
 
 
-def fit(model, X, y, *, epochs=1, batch_size=32, optimizer=None, validation_data=None,
-        validation_split=0.0, shuffle=True, seed=None, callbacks=None, verbose=1,
-        sample_weight=None) -> History:
-    """Train ``model`` on (X, y); see :meth:`fastnn.Sequential.fit`.
+class Trainer:
+    """The training loop of a model (see the module docstring for what it needs)."""
 
-    Parameters
-    ----------
-    X : array-like of shape (n, features)
-        Finite numbers; cast once to the model's dtype (float64 data into a
-        float32 model is rounded to float32 here).
-    y : array-like of shape (n,) (or (n, outputs) for a regressor)
-        Class labels of any integer or string values (mapped to output indices and
-        back; integers in [0, outputs) map to themselves), or regression targets.
-    epochs : int >= 0
-        Epochs to run in this call (training continues across calls).
-    batch_size : int >= 1
-        The last batch of an epoch is shorter when ``batch_size`` does not divide the
-        number of samples; if the model has BatchNorm and that last batch would hold a
-        single sample (which has no batch variance), it is merged into the batch before.
-    optimizer : Optimizer or str, optional
-        Replaces the model's optimizer; by default the previous one (and its state) is
-        kept, or ``Adam()`` on the first call.
-    validation_data : (X_val, y_val[, sample_weight_val]), optional
-    validation_split : float in [0, 1)
-        Hold out the last fraction of (X, y), before shuffling (as Keras does).
-    shuffle : bool
-        Reshuffle the training samples every epoch.
-    seed : int, optional
-        Seeds shuffling and dropout; each epoch's generator is derived from
-        (seed, epoch), so an interrupted and resumed training repeats exactly.
-        Default: the seed of the previous fit, else the model's seed, else fresh entropy.
-    callbacks : list of Callback, optional
-    verbose : 0, 1 or 2
-        Silent, a progress bar per epoch, or one line per epoch.
-    sample_weight : array-like of shape (n,), optional
-        Non-negative per-sample weights of the loss.
+    def fit(self, X, y, epochs: int = 1, batch_size: int = 32, optimizer=None,
+            validation_data=None, validation_split: float = 0.0, shuffle: bool = True,
+            seed: int | None = None, callbacks=None, verbose: int = 1,
+            sample_weight=None) -> History:
+        """Train for ``epochs`` more epochs; returns a :class:`~fastnn.callbacks.History`.
 
-    Returns
-    -------
-    History
-        Per-epoch ``loss``, ``accuracy`` (classifier), ``val_loss``, ``val_accuracy``, ``lr``.
+        Calling ``fit`` again continues from where the last call stopped: same optimizer
+        and its state, epoch count, seed.
 
-    Raises
-    ------
-    ValueError, TypeError
-        On any bad argument, before the model is changed in any way.
-    """
-    # ---- validate everything first: a rejected call leaves the model unchanged ----------
-    from .model import _check_sample_weight, check_features
+        Parameters
+        ----------
+        X : array-like of shape (n, features)
+            Finite numbers; cast once to the model's dtype (float64 data into a
+            float32 model is rounded to float32 here).
+        y : array-like of shape (n,) (or (n, outputs) for a regressor)
+            Class labels of any integer or string values (mapped to output indices and
+            back; integers in [0, outputs) map to themselves), or regression targets.
+        epochs : int >= 0
+            Epochs to run in this call (training continues across calls).
+        batch_size : int >= 1
+            The last batch of an epoch is shorter when ``batch_size`` does not divide the
+            number of samples; if the model has BatchNorm and that last batch would hold a
+            single sample (which has no batch variance), it is merged into the batch before.
+        optimizer : Optimizer or str, optional
+            Replaces the model's optimizer; by default the previous one (and its state) is
+            kept, or ``Adam()`` on the first call.
+        validation_data : (X_val, y_val[, sample_weight_val]), optional
+        validation_split : float in [0, 1)
+            Hold out the last fraction of (X, y), before shuffling (as Keras does).
+        shuffle : bool
+            Reshuffle the training samples every epoch.
+        seed : int, optional
+            Seeds shuffling and dropout; each epoch's generator is derived from
+            (seed, epoch), so an interrupted and resumed training repeats exactly.
+            Default: the seed of the previous fit, else the model's seed, else fresh entropy.
+        callbacks : list of Callback, optional
+        verbose : 0, 1 or 2
+            Silent, a progress bar per epoch, or one line per epoch.
+        sample_weight : array-like of shape (n,), optional
+            Non-negative per-sample weights of the loss.
 
-    epochs = _int_arg("epochs", epochs, 0)
-    batch_size = _int_arg("batch_size", batch_size, 1)
-    if isinstance(verbose, bool) or verbose not in (0, 1, 2):
-        raise ValueError(f"verbose must be 0, 1 or 2; got {verbose!r}")
-    if not isinstance(shuffle, (bool, np.bool_)):
-        raise TypeError(f"shuffle must be True or False; got {shuffle!r}")
-    if not isinstance(validation_split, numbers.Real) or not 0.0 <= validation_split < 1.0:
-        raise ValueError(f"validation_split must be in [0, 1); got {validation_split!r}")
-    if validation_split and validation_data is not None:
-        raise ValueError("give validation_data or validation_split, not both")
-    if seed is not None:
-        seed = _int_arg("seed", seed, 0)
-    if callbacks is None:
-        callbacks = []
-    elif isinstance(callbacks, Callback) or not isinstance(callbacks, (list, tuple)):
-        raise TypeError(f"callbacks must be a list of fastnn.callbacks.Callback; got "
-                        f"{type(callbacks).__name__} (wrap a single callback in a list)")
-    callbacks = list(callbacks)
-    for i, cb in enumerate(callbacks):
-        if not isinstance(cb, Callback):
-            raise TypeError(f"callbacks[{i}] must be a fastnn.callbacks.Callback; got "
-                            f"{type(cb).__name__}")
-    new_optimizer = None if optimizer is None else optimizers_mod.get(optimizer)
+        Returns
+        -------
+        History
+            Per-epoch ``loss``, ``accuracy`` (classifier), ``val_loss``, ``val_accuracy``, ``lr``.
 
-    X = check_features("X", X, model.input_dim, model.dtype)
-    n = X.shape[0]
-    output_dim = model.output_dim if model.built else model.static_output_dim()
-    targets, classes, targets_1d = model._encode_targets(y, n, output_dim=output_dim,
-                                                         classes=model.classes_)
-    weights = _check_sample_weight(sample_weight, n)
-    has_bn = any(isinstance(layer, BatchNorm) for layer in model.layers)
+        Raises
+        ------
+        ValueError, TypeError
+            On any bad argument, before the model is changed in any way.
+        """
+        # ---- validate everything first: a rejected call leaves the model unchanged ----------
+        model = self
+        epochs = _checks.integer("epochs", epochs, minimum=0)
+        batch_size = _checks.integer("batch_size", batch_size, minimum=1)
+        if isinstance(verbose, bool) or verbose not in (0, 1, 2):
+            raise ValueError(f"verbose must be 0, 1 or 2; got {verbose!r}")
+        if not isinstance(shuffle, (bool, np.bool_)):
+            raise TypeError(f"shuffle must be True or False; got {shuffle!r}")
+        if not isinstance(validation_split, numbers.Real) or not 0.0 <= validation_split < 1.0:
+            raise ValueError(f"validation_split must be in [0, 1); got {validation_split!r}")
+        if validation_split and validation_data is not None:
+            raise ValueError("give validation_data or validation_split, not both")
+        if seed is not None:
+            seed = _checks.integer("seed", seed, minimum=0)
+        if callbacks is None:
+            callbacks = []
+        elif isinstance(callbacks, Callback) or not isinstance(callbacks, (list, tuple)):
+            raise TypeError(f"callbacks must be a list of fastnn.callbacks.Callback; got "
+                            f"{type(callbacks).__name__} (wrap a single callback in a list)")
+        callbacks = list(callbacks)
+        for i, cb in enumerate(callbacks):
+            if not isinstance(cb, Callback):
+                raise TypeError(f"callbacks[{i}] must be a fastnn.callbacks.Callback; got "
+                                f"{type(cb).__name__}")
+        new_optimizer = None if optimizer is None else optimizers_mod.get(optimizer)
 
-    if validation_split:
-        n_train = int(math.floor(n * (1.0 - validation_split)))
-        if n_train < 1 or n_train == n:
-            raise ValueError(f"validation_split={validation_split} leaves {n_train} of {n} "
-                             "samples for training: need at least one on each side")
-        val = (X[n_train:], targets[n_train:], None if weights is None else weights[n_train:])
-        X, targets = X[:n_train], targets[:n_train]
-        weights = None if weights is None else weights[:n_train]
-        n = n_train
-    else:
-        val = None
-    if has_bn and (n < 2 or batch_size == 1):
-        raise ValueError(f"BatchNorm needs at least 2 samples per training batch; got "
-                         f"{n} training samples with batch_size={batch_size}")
-    if weights is not None and not np.any(weights > 0):
-        raise ValueError("sample_weight of the training samples is zero everywhere")
-    if validation_data is not None:
-        val = _check_validation_data(model, validation_data, X.shape[1], output_dim, classes)
-    reported = {"loss", "lr"} | ({"accuracy"} if model.loss.classification else set())
-    if val is not None:
-        reported |= {f"val_{key}" for key in reported - {"lr"}}
-    for cb in callbacks:
-        cb.check_logs(reported)
+        X = _checks.features("X", X, model.input_dim, model.dtype)
+        n = X.shape[0]
+        output_dim = model.output_dim if model.built else model.static_output_dim()
+        targets, classes, targets_1d = _targets.encode(
+            y, n, classification=model.loss.classification, output_dim=output_dim,
+            dtype=model.dtype, classes=model.classes_)
+        weights = _checks.sample_weight("sample_weight", sample_weight, n)
+        has_bn = any(layer.needs_batch_statistics for layer in model.layers)
 
-    # ---- from here on the model changes ------------------------------------------------
-    if not model.built:
-        model.build(X.shape[1])
-    if model.loss.classification and model.classes_ is None:
-        model.classes_ = classes
-    if not model.loss.classification:
-        model._targets_1d = targets_1d
-    if new_optimizer is not None:
-        model.optimizer = new_optimizer
-    elif model.optimizer is None:
-        model.optimizer = optimizers_mod.Adam()
-    opt = model.optimizer
-    opt.build(model.n_params, model.dtype)
-    if seed is not None:
-        model.train_seed = seed
-    elif model.train_seed is None:
-        model.train_seed = model.seed if model.seed is not None else int(
-            np.random.SeedSequence().entropy % (2**63))
-    return _run(model, X, targets, weights, val, epochs, batch_size, shuffle, callbacks,
-                verbose, has_bn)
+        if validation_split:
+            n_train = int(math.floor(n * (1.0 - validation_split)))
+            if n_train < 1 or n_train == n:
+                raise ValueError(f"validation_split={validation_split} leaves {n_train} of {n} "
+                                 "samples for training: need at least one on each side")
+            val = (X[n_train:], targets[n_train:], None if weights is None else weights[n_train:])
+            X, targets = X[:n_train], targets[:n_train]
+            weights = None if weights is None else weights[:n_train]
+            n = n_train
+        else:
+            val = None
+        if has_bn and (n < 2 or batch_size == 1):
+            raise ValueError(f"BatchNorm needs at least 2 samples per training batch; got "
+                             f"{n} training samples with batch_size={batch_size}")
+        if weights is not None and not np.any(weights > 0):
+            raise ValueError("sample_weight of the training samples is zero everywhere")
+        if validation_data is not None:
+            val = _check_validation_data(model, validation_data, X.shape[1], output_dim, classes)
+        reported = {"loss", "lr"} | ({"accuracy"} if model.loss.classification else set())
+        if val is not None:
+            reported |= {f"val_{key}" for key in reported - {"lr"}}
+        for cb in callbacks:
+            cb.check_logs(reported)
+
+        # ---- from here on the model changes ------------------------------------------------
+        if not model.built:
+            model.build(X.shape[1])
+        if model.loss.classification and model.classes_ is None:
+            model.classes_ = classes
+        if not model.loss.classification:
+            model._targets_1d = targets_1d
+        if new_optimizer is not None:
+            model.optimizer = new_optimizer
+        elif model.optimizer is None:
+            model.optimizer = optimizers_mod.Adam()
+        opt = model.optimizer
+        opt.build(model.n_params, model.dtype)
+        if seed is not None:
+            model.train_seed = seed
+        elif model.train_seed is None:
+            model.train_seed = model.seed if model.seed is not None else int(
+                np.random.SeedSequence().entropy % (2**63))
+        return _run(model, X, targets, weights, val, epochs, batch_size, shuffle, callbacks,
+                    verbose, has_bn)
 
 
 class _Buffers:
