@@ -54,7 +54,7 @@ def _imports(module: str) -> set[str]:
             target = _resolve(module, node)
             # `from . import x` names a submodule when x is one
             names = [f"{target}.{alias.name}"
-                     if f"{target}.{alias.name}" in MODULES | EXTENSIONS else target
+                     if f"{target}.{alias.name}" in MODULES.keys() | EXTENSIONS else target
                      for alias in node.names]
         else:
             continue
