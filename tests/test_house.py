@@ -67,6 +67,7 @@ def _imports(module: str) -> set[str]:
 
 
 GRAPH = {module: _imports(module) for module in MODULES}
+GRAPH.update({module: set() for module in EXTENSIONS})
 
 
 def _cycle_from(start: str) -> list[str] | None:
