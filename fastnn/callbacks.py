@@ -12,6 +12,8 @@ import os
 import sys
 import time
 
+from . import _checks
+
 __all__ = [
     "CSVLogger",
     "Callback",
@@ -104,8 +106,7 @@ class EarlyStopping(Callback):
 
     def __init__(self, monitor: str = "val_loss", patience: int = 0, min_delta: float = 0.0,
                  mode: str = "auto", restore_best_weights: bool = False) -> None:
-        if isinstance(patience, bool) or not isinstance(patience, int) or patience < 0:
-            raise ValueError(f"patience must be an integer >= 0; got {patience!r}")
+        patience = _checks.integer("patience", patience, minimum=0)
         if not math.isfinite(min_delta) or min_delta < 0:
             raise ValueError(f"min_delta must be finite and >= 0; got {min_delta!r}")
         self.monitor = monitor

@@ -200,8 +200,7 @@ class Dense(Layer):
 
     def __init__(self, units: int, use_bias="auto", kernel_initializer: str = "he") -> None:
         super().__init__()
-        if isinstance(units, bool) or not isinstance(units, (int, np.integer)) or units < 1:
-            raise ValueError(f"units must be an integer >= 1; got {units!r}")
+        units = _checks.integer("units", units, minimum=1)
         if use_bias not in (True, False, "auto"):
             raise ValueError(f"use_bias must be True, False or 'auto'; got {use_bias!r}")
         if kernel_initializer not in _INITIALIZERS:

@@ -26,6 +26,8 @@ from __future__ import annotations
 import abc
 import math
 
+from . import _checks
+
 __all__ = [
     "Constant",
     "CosineDecay",
@@ -156,8 +158,7 @@ class StepDecay(Schedule):
         self.drop = _positive("drop", drop)
         if self.drop > 1:
             raise ValueError(f"drop must be in (0, 1]; got {drop!r}")
-        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
-            raise ValueError(f"every must be an integer >= 1; got {every!r}")
+        every = _checks.integer("every", every, minimum=1)
         self.every = every
 
     def _rate(self, t: int) -> float:
@@ -173,8 +174,7 @@ class CosineDecay(Schedule):
     def __init__(self, lr: float, total: int, min_lr: float = 0.0, *,
                  per_step: bool = False) -> None:
         super().__init__(lr, per_step=per_step)
-        if isinstance(total, bool) or not isinstance(total, int) or total < 1:
-            raise ValueError(f"total must be an integer >= 1; got {total!r}")
+        total = _checks.integer("total", total, minimum=1)
         self.total = total
         self.min_lr = _positive("min_lr", min_lr, allow_zero=True)
         if self.min_lr > self.lr:

@@ -139,7 +139,7 @@ def test_early_stopping_on_real_validation_loss():
 
 @pytest.mark.parametrize(("kwargs", "exc", "match"), [
     ({"patience": -1}, ValueError, "patience"),
-    ({"patience": 1.5}, ValueError, "patience"),
+    ({"patience": 1.5}, TypeError, r"patience must be an integer >= 0; got 1.5 \(float\)"),
     ({"min_delta": -0.1}, ValueError, "min_delta"),
     ({"min_delta": float("nan")}, ValueError, "min_delta"),
     ({"mode": "up"}, ValueError, "mode"),
