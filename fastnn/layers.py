@@ -142,6 +142,12 @@ class Layer:
         """Gradient w.r.t. the input; parameter gradients go to the bound gradient views."""
         return dout
 
+    def infer(self, x: np.ndarray) -> np.ndarray:
+        """Eval-mode output in a new array of ``x``'s dtype (or ``x`` itself for the
+        identity): no buffer shared between calls, so concurrent predictions from many
+        threads are safe. Never writes ``x``."""
+        return x
+
     # -- planned steps and eval-mode folding ---------------------------------------------
 
     def planned_activation(self) -> tuple[str, float] | None:
@@ -252,6 +258,12 @@ class Dense(Layer):
         self._x = x
         return out
 
+    def infer(self, x):
+        out = x @ self.p["kernel"].astype(x.dtype, copy=False)
+        if self.has_bias:
+            out += self.p["bias"]
+        return out
+
     def backward(self, dout, need_dx=True):
         np.matmul(self._x.T, dout, out=self.g["kernel"])
         if self.has_bias:
@@ -342,6 +354,14 @@ class BatchNorm(Layer):
         ops.batchnorm_backward(dout, self._cache, dx=dx, dgamma=self.g["gamma"],
                                dbeta=self.g["beta"])
         return dx
+
+    def infer(self, x):
+        dt = x.dtype
+        out, _ = ops.batchnorm_forward(
+            x, self.p["gamma"].astype(dt, copy=False), self.p["beta"].astype(dt, copy=False),
+            self.s["running_mean"].astype(dt, copy=False),
+            self.s["running_var"].astype(dt, copy=False), training=False, eps=self.eps)
+        return out
 
     def scale_shift(self) -> tuple[np.ndarray, np.ndarray]:
         """The eval-mode affine map ``out = x * scale + shift`` (float64), for BN folding."""
@@ -446,6 +466,9 @@ class ReLU(Activation):
         self._out = out
         return out
 
+    def infer(self, x):
+        return np.maximum(x, x.dtype.type(0))
+
     def backward(self, dout, need_dx=True):
         dx = self._buffer("dx", dout.shape)
         np.sign(self._out, out=dx)  # 1 where the unit was active, 0 elsewhere
@@ -470,6 +493,10 @@ class LeakyReLU(Activation):
         self._x = x
         return out
 
+    def infer(self, x):
+        out = np.multiply(x, self.dtype.type(self.alpha), dtype=x.dtype)
+        return np.maximum(x, out, out=out)
+
     def backward(self, dout, need_dx=True):
         positive = self._buffer("positive", dout.shape, np.bool_)
         np.greater(self._x, 0, out=positive)
@@ -493,6 +520,9 @@ class Tanh(Activation):
         self._out = out
         return out
 
+    def infer(self, x):
+        return np.tanh(x)
+
     def backward(self, dout, need_dx=True):
         dx = self._buffer("dx", dout.shape)
         np.multiply(self._out, self._out, out=dx)
@@ -514,6 +544,14 @@ class Sigmoid(Activation):
         out *= half
         out += half
         self._out = out
+        return out
+
+    def infer(self, x):
+        half = self.dtype.type(0.5)
+        out = np.multiply(x, half, dtype=x.dtype)
+        np.tanh(out, out=out)
+        out *= half
+        out += half
         return out
 
     def backward(self, dout, need_dx=True):
@@ -539,6 +577,9 @@ class Softmax(Layer):
         ops.softmax(x, out=out)
         self._out = out
         return out
+
+    def infer(self, x):
+        return ops.softmax(x)
 
     def backward(self, dout, need_dx=True):
         # d(softmax)^T dout = p * (dout - sum(dout * p))

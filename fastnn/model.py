@@ -271,7 +271,7 @@ class Sequential(Trainer):
                     h = h * args[0]
                     h += args[1]
                 else:
-                    h = args[0].forward(h, False)
+                    h = args[0].infer(h)  # a new array: safe from many threads at once
             out[start:start + _PREDICT_CHUNK] = h
         return out
 

@@ -55,7 +55,7 @@ def test_public_names():
         assert getattr(datasets, name) is not None
 
 
-@pytest.mark.parametrize("module", ["_digits", "_split", "_synthetic", "_files", "_checks"])
+@pytest.mark.parametrize("module", ["_digits", "_split", "_synthetic", "_files"])
 def test_docstring_examples(module):
     mod = importlib.import_module(f"fastnn.datasets.{module}")
     result = doctest.testmod(mod, optionflags=doctest.NORMALIZE_WHITESPACE)
