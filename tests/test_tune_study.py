@@ -269,7 +269,7 @@ def test_resume_with_another_study_is_refused(tmp_path, change, message):
 def test_one_coordinator_at_a_time(tmp_path):
     path = tmp_path / "study.db"
     study = tune.create_study(SPACE, storage=path, seed=0, n_trials=3)
-    with study._exclusive():
+    with study.lock():
         with pytest.raises(RuntimeError, match="another process .* is running a search"):
             tune.search(objectives.quadratic, SPACE, n_trials=3, storage=path)
     assert len(tune.search(objectives.quadratic, SPACE, n_trials=3, storage=path).trials) == 3
@@ -427,7 +427,7 @@ def test_a_failed_new_study_leaves_no_file(tmp_path):
 
 
 @pytest.mark.parametrize("module", ["fastnn.tune", "fastnn.tune.study", "fastnn.tune.runner",
-                                    "fastnn.tune.models"])
+                                    "fastnn.tune.trial", "fastnn.tune.models"])
 def test_docstring_examples_run(module):
     import doctest
     import importlib

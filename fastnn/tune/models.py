@@ -20,7 +20,8 @@ import numpy as np
 
 from ..callbacks import Callback
 from .space import Choice, IntLogUniform, IntUniform, LogUniform, OneMinusLogUniform, Uniform
-from .study import FrozenTrial, Study, Trial, TrialPruned, create_study
+from .study import Study, create_study
+from .trial import FrozenTrial, Trial, TrialPruned
 
 __all__ = ["DigitsObjective", "MLPBuilder", "ModelObjective", "checkpoint_path",
            "digits_objective", "digits_space", "make_optimizer", "resume_trial", "tune_digits",
@@ -554,7 +555,7 @@ def resume_trial(study: Study, number: int, X=None, y=None, *, lr: float | None 
     if settings.get("checkpoint_dir") is None:
         raise ValueError("this study was tuned without checkpoint_dir, so no trial has a "
                          "checkpoint to resume; run tune_model with checkpoint_dir=...")
-    parent = study._trial(number)
+    parent = study.trial(number)
     if parent.state not in ("complete", "pruned"):
         raise ValueError(f"trial {number} is {parent.state}; only complete or pruned trials "
                          "have a checkpoint to resume")
@@ -570,7 +571,7 @@ def resume_trial(study: Study, number: int, X=None, y=None, *, lr: float | None 
     if lr is not None:
         key = next((k for k in LR_NAMES if k in params), "lr")
         params[key] = float(lr)
-    trial = study._ask(params, parent=number)
+    trial = study.start(params, parent=number)
     batch_size = int(_first(params, BATCH_NAMES, settings["batch_size"]))
     try:
         value = _train(model, trial, data, epochs=epochs, batch_size=batch_size,
