@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .._names import HYPERPARAMETERS, OPTIMIZERS, first
 from ..callbacks import Callback
 from .space import Choice, IntLogUniform, IntUniform, LogUniform, OneMinusLogUniform, Uniform
 from .study import Study, create_study
@@ -27,24 +28,8 @@ __all__ = ["DigitsObjective", "MLPBuilder", "ModelObjective", "checkpoint_path",
            "digits_objective", "digits_space", "make_optimizer", "resume_trial", "tune_digits",
            "tune_model"]
 
-# Parameter names understood in ``params`` (the same names the "staged" strategy groups).
-LR_NAMES = ("lr", "learning_rate")
-BETA1_NAMES = ("beta1", "beta_1", "beta", "momentum")
-BETA2_NAMES = ("beta2", "beta_2")
-DECAY_NAMES = ("decay", "decay_rate", "lr_decay")
-HIDDEN_NAMES = ("hidden", "units", "hidden_units", "width")
-LAYERS_NAMES = ("layers", "n_layers", "depth")
-BATCH_NAMES = ("batch_size", "minibatch")
-
 # search() arguments that go to Study.optimize rather than to create_study.
 _OPTIMIZE_KEYS = ("n_jobs", "executor", "timeout", "callbacks", "verbose")
-
-
-def _first(params: dict, names: tuple, default=None):
-    for name in names:
-        if name in params:
-            return params[name]
-    return default
 
 
 # ------------------------------------------------------------------------------------------
@@ -75,13 +60,11 @@ def make_optimizer(params: dict, *, epochs: int = 10, kind: str = "adam"):
     from .. import optimizers, schedules
 
     kind = str(params.get("optimizer", kind)).lower()
-    makers = {"adam": optimizers.Adam, "adamw": optimizers.AdamW, "sgd": optimizers.SGD,
-              "rmsprop": optimizers.RMSprop}
-    if kind not in makers:
-        raise ValueError(f"optimizer must be one of {sorted(makers)}; got {kind!r}")
-    cls = makers[kind]
-    lr = _first(params, LR_NAMES, cls.__init__.__defaults__[0])
-    decay = _first(params, DECAY_NAMES)
+    if kind not in OPTIMIZERS:
+        raise ValueError(f"optimizer must be one of {sorted(OPTIMIZERS)}; got {kind!r}")
+    cls = getattr(optimizers, OPTIMIZERS[kind])
+    lr = first(params, "lr", cls.__init__.__defaults__[0])
+    decay = first(params, "decay")
     if isinstance(decay, str):
         lr = schedules.decay(decay, lr, total=epochs)
     elif decay is not None and decay > 0:
@@ -89,8 +72,8 @@ def make_optimizer(params: dict, *, epochs: int = 10, kind: str = "adam"):
     options = {}
     if "weight_decay" in params:
         options["weight_decay"] = params["weight_decay"]
-    beta1 = _first(params, BETA1_NAMES)
-    beta2 = _first(params, BETA2_NAMES)
+    beta1 = first(params, "beta1")
+    beta2 = first(params, "beta2")
     if kind in ("adam", "adamw"):
         if beta1 is not None:
             options["beta_1"] = beta1
@@ -139,8 +122,8 @@ class MLPBuilder:
         from ..layers import mlp
         from ..model import Sequential
 
-        width = int(_first(params, HIDDEN_NAMES, self.hidden))
-        depth = int(_first(params, LAYERS_NAMES, self.layers))
+        width = int(first(params, "hidden", self.hidden))
+        depth = int(first(params, "layers", self.layers))
         layers = mlp([width] * depth, self.n_outputs,
                      activation=params.get("activation", self.activation),
                      batch_norm=bool(params.get("batch_norm", self.batch_norm)),
@@ -266,7 +249,7 @@ class ModelObjective:
         checkpoint = (None if self.checkpoint_dir is None
                       else checkpoint_path(self.checkpoint_dir, trial.number))
         batch_size = _positive_int("params['batch_size']",
-                                   _first(params, BATCH_NAMES, self.batch_size))
+                                   first(params, "batch_size", self.batch_size))
         return _train(model, trial, self._data(), epochs=self._epochs(params),
                       batch_size=batch_size, metric=self.metric, checkpoint=checkpoint,
                       prune=True, fit_kwargs=self.fit_kwargs)
@@ -569,10 +552,10 @@ def resume_trial(study: Study, number: int, X=None, y=None, *, lr: float | None 
         model.optimizer.lr = lr
     params = dict(parent.params)
     if lr is not None:
-        key = next((k for k in LR_NAMES if k in params), "lr")
+        key = next((k for k in HYPERPARAMETERS["lr"] if k in params), "lr")
         params[key] = float(lr)
     trial = study.start(params, parent=number)
-    batch_size = int(_first(params, BATCH_NAMES, settings["batch_size"]))
+    batch_size = int(first(params, "batch_size", settings["batch_size"]))
     try:
         value = _train(model, trial, data, epochs=epochs, batch_size=batch_size,
                        metric=settings["metric"],

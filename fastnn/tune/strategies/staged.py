@@ -9,17 +9,15 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from ..._names import HYPERPARAMETERS, STAGES
 from ..space import Distribution
 from .base import _KEY_STAGE, _SALT, Finished, Strategy, _best, _int_at_least
 
 __all__ = ["Staged"]
 
-_DEFAULT_STAGES = (
-    ("lr", "learning_rate"),
-    ("beta", "beta1", "beta_1", "momentum", "hidden", "units", "hidden_units", "width",
-     "batch_size", "minibatch"),
-    ("layers", "n_layers", "depth", "decay", "decay_rate", "lr_decay"),
-)
+# The course's stages (fastnn._names.STAGES), each canonical name with all its aliases.
+_DEFAULT_STAGES = tuple(tuple(alias for canonical in stage for alias in HYPERPARAMETERS[canonical])
+                        for stage in STAGES)
 
 
 class Staged(Strategy):
