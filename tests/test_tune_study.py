@@ -376,15 +376,16 @@ def test_trial_report_checks_its_arguments():
 # ------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("kwargs, error, message", [
-    ({"n_jobs": 0}, ValueError, "n_jobs must be an integer >= 1"),
-    ({"n_jobs": 1.5}, ValueError, "n_jobs must be an integer >= 1"),
+    ({"n_jobs": 0}, ValueError, "n_jobs must be an integer >= 1; got 0"),
+    ({"n_jobs": 1.5}, TypeError, r"n_jobs must be an integer >= 1; got 1\.5 \(float\)"),
     ({"n_trials": -1}, ValueError, "n_trials must be an integer >= 0"),
     ({"strategy": "annealing"}, ValueError, "strategy must be one of"),
     ({"direction": "max"}, ValueError, "direction must be 'maximize' or 'minimize'"),
     ({"space": [("x", 1)]}, TypeError, "space must be a dict"),
     ({"storage": "/no/such/dir/study.db"}, FileNotFoundError,
      "storage directory '/no/such/dir' does not exist"),
-    ({"seed": -3}, ValueError, "seed must be a non-negative integer"),
+    ({"seed": -3}, ValueError, "seed must be an integer >= 0; got -3"),
+    ({"seed": 1.0}, TypeError, "seed must be an integer >= 0; got 1.0"),
     ({"timeout": 0}, ValueError, "timeout must be a positive number"),
     ({"executor": object()}, TypeError, "executor must be a concurrent.futures.Executor"),
     ({"callbacks": print}, TypeError, "callbacks must be a list"),

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import _checks
 from .._names import HYPERPARAMETERS, OPTIMIZERS, first
 from ..callbacks import Callback
 from .space import Choice, IntLogUniform, IntUniform, LogUniform, OneMinusLogUniform, Uniform
@@ -110,10 +111,7 @@ class MLPBuilder:
     def __init__(self, n_outputs: int, *, hidden: int = 64, layers: int = 1,
                  activation: str = "relu", batch_norm: bool = True, dropout: float = 0.0,
                  softmax: bool = True, dtype: str = "float32") -> None:
-        if isinstance(n_outputs, bool) or not isinstance(n_outputs, numbers.Integral) \
-                or n_outputs < 1:
-            raise ValueError(f"n_outputs must be an integer >= 1; got {n_outputs!r}")
-        self.n_outputs = int(n_outputs)
+        self.n_outputs = _checks.integer("n_outputs", n_outputs, minimum=1)
         self.hidden, self.layers = hidden, layers
         self.activation, self.batch_norm, self.dropout = activation, batch_norm, dropout
         self.softmax, self.dtype = softmax, dtype
@@ -213,9 +211,9 @@ class ModelObjective:
             raise TypeError(f"build_fn must be callable as build_fn(params); got {build_fn!r}")
         self.build_fn = build_fn
         self.data = data
-        self.epochs = _positive_int("epochs", epochs)
+        self.epochs = _checks.integer("epochs", epochs, minimum=1)
         self.metric = metric
-        self.batch_size = _positive_int("batch_size", batch_size)
+        self.batch_size = _checks.integer("batch_size", batch_size, minimum=1)
         self.optimizer = optimizer
         self.checkpoint_dir = None if checkpoint_dir is None else str(checkpoint_dir)
         self.fit_kwargs = dict(fit_kwargs or {})
@@ -242,14 +240,14 @@ class ModelObjective:
         return model
 
     def _epochs(self, params: dict) -> int:
-        return _positive_int("params['epochs']", params.get("epochs", self.epochs))
+        return _checks.integer("params['epochs']", params.get("epochs", self.epochs), minimum=1)
 
     def __call__(self, params: dict, trial: Trial) -> float:
         model = self.build(params, trial)
         checkpoint = (None if self.checkpoint_dir is None
                       else checkpoint_path(self.checkpoint_dir, trial.number))
-        batch_size = _positive_int("params['batch_size']",
-                                   first(params, "batch_size", self.batch_size))
+        batch_size = _checks.integer("params['batch_size']",
+                                     first(params, "batch_size", self.batch_size), minimum=1)
         return _train(model, trial, self._data(), epochs=self._epochs(params),
                       batch_size=batch_size, metric=self.metric, checkpoint=checkpoint,
                       prune=True, fit_kwargs=self.fit_kwargs)
@@ -257,12 +255,6 @@ class ModelObjective:
     def __repr__(self) -> str:
         return (f"{type(self).__name__}({self.build_fn!r}, epochs={self.epochs}, "
                 f"metric={self.metric!r})")
-
-
-def _positive_int(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"{name} must be an integer >= 1; got {value!r}")
-    return int(value)
 
 
 # ------------------------------------------------------------------------------------------
@@ -545,7 +537,7 @@ def resume_trial(study: Study, number: int, X=None, y=None, *, lr: float | None 
     path = checkpoint_path(settings["checkpoint_dir"], number)
     if not path.exists():
         raise FileNotFoundError(f"trial {number} has no checkpoint at {path}")
-    epochs = _positive_int("epochs", epochs)
+    epochs = _checks.integer("epochs", epochs, minimum=1)
     data = _resume_data(settings, X, y, validation_data)
     model = load(path)
     if lr is not None:

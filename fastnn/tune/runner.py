@@ -36,6 +36,7 @@ import traceback
 
 import numpy as np
 
+from .. import _checks
 from .trial import FrozenTrial, Trial, TrialPruned, format_params
 
 __all__ = ["run", "run_trial"]
@@ -387,14 +388,6 @@ def _check_callbacks(callbacks) -> list:
     return list(callbacks)
 
 
-def _check_jobs(n_jobs) -> int | None:
-    if n_jobs is None:
-        return None
-    if isinstance(n_jobs, bool) or not isinstance(n_jobs, numbers.Integral) or n_jobs < 1:
-        raise ValueError(f"n_jobs must be an integer >= 1 (or None); got {n_jobs!r}")
-    return int(n_jobs)
-
-
 def run(study, objective, n_trials=None, *, n_jobs=None, executor=None, timeout=None,
         callbacks=None, verbose=0, stream=None) -> None:
     """Run ``study``'s missing trials (see :meth:`fastnn.tune.Study.optimize` and
@@ -402,7 +395,7 @@ def run(study, objective, n_trials=None, *, n_jobs=None, executor=None, timeout=
     if not callable(objective):
         raise TypeError(f"objective must be callable as objective(params, trial); got "
                         f"{objective!r}")
-    n_jobs = _check_jobs(n_jobs)
+    n_jobs = None if n_jobs is None else _checks.integer("n_jobs", n_jobs, minimum=1)
     if executor is not None and not callable(getattr(executor, "submit", None)):
         raise TypeError(f"executor must be a concurrent.futures.Executor (with a submit "
                         f"method); got {type(executor).__name__}")

@@ -26,9 +26,10 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from .. import _checks
 from .._version import __version__
 from .pruners import NopPruner, get_pruner, pruner_from_config
-from .runner import _check_jobs, run
+from .runner import run
 from .space import Choice, Distribution, check_space, space_from_config, space_to_config
 from .storage import FINISHED, MEMORY, STATES, Storage, dumps
 from .strategies import Finished, Grid, get_strategy, strategy_from_config
@@ -36,7 +37,6 @@ from .trial import (
     FrozenTrial,
     Trial,
     TrialPruned,
-    _check_count,
     _parse_time,
     format_params,
     trial_seed,
@@ -284,7 +284,7 @@ class Study:
         points). The first total >= 1 also sizes the strategy (its budget), for good.
         """
         if n_trials is not None:
-            n_trials = _check_count("n_trials", n_trials, 0)
+            n_trials = _checks.integer("n_trials", n_trials, minimum=0)
             if n_trials != self.n_trials:
                 self._storage.update_study(n_trials=n_trials)
                 self.n_trials = n_trials
@@ -498,7 +498,7 @@ class Study:
         if isinstance(trial, Trial):
             number, live = trial.number, trial
         else:
-            number = _check_count("trial", trial, 0)
+            number = _checks.integer("trial", trial, minimum=0)
             live = self._open.get(number)
         if reports is None:
             reports = {} if live is None else dict(live.reports)
@@ -556,7 +556,7 @@ class Study:
         """The trials as a text table, best first (``top``: only the first ``top`` rows)."""
         ranked = self.ranked()
         if top is not None:
-            ranked = ranked[:_check_count("top", top, 1)]
+            ranked = ranked[:_checks.integer("top", top, minimum=1)]
         rows = [("#", "state", "value", "duration", "params")]
         for t in ranked:
             value = "-" if t.value is None else f"{t.value:.6g}"
@@ -609,11 +609,7 @@ class Study:
 # ------------------------------------------------------------------------------------------
 
 def _check_seed(seed) -> int | None:
-    if seed is None:
-        return None
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer or None; got {seed!r}")
-    return int(seed)
+    return None if seed is None else _checks.integer("seed", seed, minimum=0)
 
 
 def _mismatch(what: str, path: str, stored, given) -> ValueError:
@@ -676,7 +672,7 @@ def create_study(space: dict, strategy=None, *, storage=MEMORY, seed: int | None
         _check_direction(direction)
     seed = _check_seed(seed)
     if n_trials is not None:
-        n_trials = _check_count("n_trials", n_trials, 0)
+        n_trials = _checks.integer("n_trials", n_trials, minimum=0)
     space = check_space(space)
     space_config = space_to_config(space)
     if strategy is None and strategy_options:
@@ -828,10 +824,10 @@ def search(objective, space: dict, strategy=None, n_trials: int | None = None,
     if not callable(objective):
         raise TypeError(f"objective must be callable as objective(params, trial); got "
                         f"{objective!r}")
-    _check_jobs(n_jobs)
-    if n_trials is not None and (isinstance(n_trials, bool) or not isinstance(
-            n_trials, numbers.Integral) or n_trials < 0):
-        raise ValueError(f"n_trials must be an integer >= 0 (or None); got {n_trials!r}")
+    if n_jobs is not None:
+        _checks.integer("n_jobs", n_jobs, minimum=1)
+    if n_trials is not None:
+        _checks.integer("n_trials", n_trials, minimum=0)
     study = create_study(space, strategy, storage=storage, seed=seed, direction=direction,
                          pruner=pruner, n_trials=n_trials, **strategy_options)
     study.optimize(objective, n_trials, n_jobs=n_jobs, executor=executor, timeout=timeout,

@@ -21,15 +21,10 @@ import numbers
 
 import numpy as np
 
+from .. import _checks
 from .storage import FINISHED
 
 __all__ = ["FrozenTrial", "Trial", "TrialPruned", "format_params", "trial_seed"]
-
-
-def _check_count(name: str, value, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}; got {value!r}")
-    return int(value)
 
 
 class TrialPruned(Exception):
@@ -83,10 +78,12 @@ class Trial:
 
         Raises
         ------
+        TypeError
+            If ``step`` is not an integer.
         ValueError
-            If ``step`` is not an integer >= 0 or ``value`` is not a finite number.
+            If ``step`` is negative or ``value`` is not a finite number.
         """
-        step = _check_count("step", step, 0)
+        step = _checks.integer("step", step, minimum=0)
         if isinstance(value, bool) or not isinstance(value, numbers.Real) \
                 or not math.isfinite(value):
             raise ValueError(f"trial {self.number}: the reported value must be a finite "

@@ -6,12 +6,12 @@ from __future__ import annotations
 import abc
 import copy
 import math
-import numbers
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
+from ... import _checks
 from ..space import Distribution, check_space
 
 __all__ = ["Finished", "Strategy"]
@@ -45,14 +45,6 @@ class Finished:
 
 
 # ---------------------------------------------------------------------------- argument checks
-
-def _int_at_least(name: str, value, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an integer >= {minimum}; got {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}; got {value!r}")
-    return int(value)
-
 
 def _score(trial) -> float | None:
     """A finished trial's score, or None if it is missing or not finite."""
@@ -100,10 +92,9 @@ class Strategy(abc.ABC):
     def bind(self, space: Mapping, seed: int) -> None:
         """Validate ``space`` and remember it with the study ``seed`` (once, before proposing)."""
         space = check_space(space)
-        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
-            raise ValueError(f"seed must be an integer >= 0; got {seed!r}")
+        seed = _checks.integer("seed", seed, minimum=0)
         self._space = space
-        self._seed = int(seed)
+        self._seed = seed
         self._dims = [(n, d) for n, d in space.items() if isinstance(d, Distribution)]
         self._on_bind()
 
@@ -113,7 +104,8 @@ class Strategy(abc.ABC):
     def set_budget(self, n_trials: int | None) -> None:
         """The number of trials the runner will ask for (None: unbounded). Called before
         any proposal; strategies that size themselves by it (coarse-to-fine, staged) use it."""
-        self._budget = None if n_trials is None else _int_at_least("n_trials", n_trials, 1)
+        self._budget = (None if n_trials is None
+                        else _checks.integer("n_trials", n_trials, minimum=1))
 
     def n_trials(self) -> int | None:
         """The strategy's natural number of trials, or None if unbounded."""
@@ -160,7 +152,7 @@ class Strategy(abc.ABC):
         if self._space is None:
             raise RuntimeError(f"{type(self).__name__} is not bound to a space; call "
                                "bind(space, seed) first")
-        _int_at_least("number", number, 0)
+        _checks.integer("number", number, minimum=0)
 
     @property
     def space(self) -> dict:

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from ... import _checks
 from ..gp import GaussianProcess, expected_improvement
 from .base import (
     _KEY_BATCH,
@@ -18,7 +19,6 @@ from .base import (
     Strategy,
     _before,
     _fingerprint,
-    _int_at_least,
     _rng,
     _score,
 )
@@ -74,12 +74,12 @@ class Bayes(Strategy):
     def __init__(self, n_initial: int = 10, batch_size: int = 4, xi: float = 0.01,
                  candidates: int = 2000) -> None:
         super().__init__()
-        self.n_initial = _int_at_least("n_initial", n_initial, 1)
-        self.batch_size = _int_at_least("batch_size", batch_size, 1)
+        self.n_initial = _checks.integer("n_initial", n_initial, minimum=1)
+        self.batch_size = _checks.integer("batch_size", batch_size, minimum=1)
         if isinstance(xi, bool) or not isinstance(xi, numbers.Real) or not 0 <= xi < math.inf:
             raise ValueError(f"xi must be a finite number >= 0; got {xi!r}")
         self.xi = float(xi)
-        self.candidates = _int_at_least("candidates", candidates, 10)
+        self.candidates = _checks.integer("candidates", candidates, minimum=10)
         self._batches: dict[int, tuple] = {}
         self._design = None
         self._last_fit = None

@@ -8,7 +8,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .base import _KEY_C2F, Finished, Strategy, _before, _fingerprint, _int_at_least, _rng, _score
+from ... import _checks
+from .base import _KEY_C2F, Finished, Strategy, _before, _fingerprint, _rng, _score
 
 __all__ = ["CoarseToFine"]
 
@@ -46,13 +47,14 @@ class CoarseToFine(Strategy):
     def __init__(self, rounds: int = 3, trials_per_round: int | None = None,
                  top: float | int = 0.2, shrink: float = 0.5) -> None:
         super().__init__()
-        self.rounds = _int_at_least("rounds", rounds, 1)
-        self.trials_per_round = (None if trials_per_round is None
-                                 else _int_at_least("trials_per_round", trials_per_round, 1))
+        self.rounds = _checks.integer("rounds", rounds, minimum=1)
+        self.trials_per_round = (
+            None if trials_per_round is None
+            else _checks.integer("trials_per_round", trials_per_round, minimum=1))
         if isinstance(top, bool) or not isinstance(top, numbers.Real):
             raise TypeError(f"top must be a fraction in (0, 1] or a count >= 1; got {top!r}")
         if isinstance(top, numbers.Integral):
-            self.top = _int_at_least("top", top, 1)
+            self.top = _checks.integer("top", top, minimum=1)
         elif 0.0 < float(top) <= 1.0:
             self.top = float(top)
         else:

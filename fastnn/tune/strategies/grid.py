@@ -6,8 +6,9 @@ import copy
 import math
 from collections.abc import Mapping
 
+from ... import _checks
 from ..space import Distribution
-from .base import Strategy, _int_at_least
+from .base import Strategy
 
 __all__ = ["Grid"]
 
@@ -32,10 +33,10 @@ class Grid(Strategy):
     def __init__(self, points: int | Mapping = 5) -> None:
         super().__init__()
         if isinstance(points, Mapping):
-            self.points = {str(k): _int_at_least(f"points[{k!r}]", v, 1)
+            self.points = {str(k): _checks.integer(f"points[{k!r}]", v, minimum=1)
                            for k, v in points.items()}
         else:
-            self.points = _int_at_least("points", points, 1)
+            self.points = _checks.integer("points", points, minimum=1)
 
     def _on_bind(self) -> None:
         if isinstance(self.points, dict):

@@ -9,9 +9,10 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from ... import _checks
 from ..._names import HYPERPARAMETERS, STAGES
 from ..space import Distribution
-from .base import _KEY_STAGE, _SALT, Finished, Strategy, _best, _int_at_least
+from .base import _KEY_STAGE, _SALT, Finished, Strategy, _best
 
 __all__ = ["Staged"]
 
@@ -68,9 +69,10 @@ class Staged(Strategy):
         self.strategy = self._check_inner(strategy, "strategy")
         if trials is None or isinstance(trials, numbers.Integral) and not isinstance(trials,
                                                                                         bool):
-            self.trials = None if trials is None else _int_at_least("trials", trials, 1)
+            self.trials = None if trials is None else _checks.integer("trials", trials, minimum=1)
         elif isinstance(trials, Sequence) and not isinstance(trials, str):
-            self.trials = [_int_at_least(f"trials[{i}]", t, 1) for i, t in enumerate(trials)]
+            self.trials = [_checks.integer(f"trials[{i}]", t, minimum=1)
+                           for i, t in enumerate(trials)]
         else:
             raise TypeError(f"trials must be None, an int or a list of ints; got {trials!r}")
         if defaults is not None and not isinstance(defaults, Mapping):
@@ -103,7 +105,8 @@ class Staged(Strategy):
                     entry["strategy"] = self._check_inner(stage["strategy"],
                                                           f"stages[{i}]['strategy']")
                 if stage.get("trials") is not None:
-                    entry["trials"] = _int_at_least(f"stages[{i}]['trials']", stage["trials"], 1)
+                    entry["trials"] = _checks.integer(f"stages[{i}]['trials']", stage["trials"],
+                                                      minimum=1)
             else:
                 entry = {"params": self._names(stage, i)}
             checked.append(entry)
