@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ._names import HYPERPARAMETERS
+
 __all__ = ["history", "tune_best_so_far", "tune_param", "tune_report"]
 
 
@@ -72,10 +74,6 @@ def history(h, path=None, *, title: str | None = None):
 # ------------------------------------------------------------------------------------------
 # Hyperparameter studies (fastnn.tune)
 # ------------------------------------------------------------------------------------------
-
-LR_NAMES = ("lr", "learning_rate")
-BETA_NAMES = ("beta1", "beta_1", "beta", "momentum")
-
 
 def _complete(study) -> list:
     complete = [t for t in study.trials if t.state == "complete"]
@@ -177,11 +175,11 @@ def tune_report(study, directory) -> list[Path]:
                      and len({t.params[n] for t in complete}) > 1), None)
 
     paths = []
-    lr = present(LR_NAMES)
+    lr = present(HYPERPARAMETERS["lr"])
     if lr is not None:
         paths.append(directory / "value_vs_lr.png")
         plt.close(tune_param(study, lr, paths[-1]))
-    beta = present(BETA_NAMES)
+    beta = present(HYPERPARAMETERS["beta1"])
     if beta is not None and all(0 <= t.params[beta] < 1 for t in complete):
         paths.append(directory / "value_vs_one_minus_beta.png")
         plt.close(tune_param(study, beta, paths[-1], one_minus=True))

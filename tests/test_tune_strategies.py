@@ -15,6 +15,9 @@ import math
 import numpy as np
 import pytest
 
+from fastnn import tune
+from fastnn.tune.gp import GaussianProcess
+from fastnn.tune.pruners import MedianPruner, SuccessiveHalvingPruner
 from fastnn.tune.space import (
     Choice,
     IntLogUniform,
@@ -561,3 +564,24 @@ def test_config_recreates_the_same_strategy(name):
     unbound = strategy_from_config(json.loads(json.dumps(STRATEGIES[name]().to_config())))
     assert params_of(simulate(unbound, MIXED, mixed_objective, 24, seed=8)) == params_of(trials)
     json.dumps(original.describe(trials))
+
+
+@pytest.mark.parametrize("make, error, message", [
+    (lambda: Grid(points=2.0), TypeError, r"points must be an integer >= 1; got 2\.0 \(float\)"),
+    (lambda: Grid(points={"x": 0}), ValueError, r"points\['x'\] must be an integer >= 1; got 0"),
+    (lambda: Bayes(candidates=5), ValueError, "candidates must be an integer >= 10; got 5"),
+    (lambda: CoarseToFine(rounds=True), TypeError, "rounds must be an integer >= 1; got True"),
+    (lambda: Staged(trials=[3, 0]), ValueError, r"trials\[1\] must be an integer >= 1; got 0"),
+    (lambda: MedianPruner(n_warmup_steps=-1), ValueError,
+     "n_warmup_steps must be an integer >= 0; got -1"),
+    (lambda: SuccessiveHalvingPruner(reduction_factor=1), ValueError,
+     "reduction_factor must be an integer >= 2; got 1"),
+    (lambda: GaussianProcess(n_restarts=2.0), TypeError, "n_restarts must be an integer >= 1"),
+    (lambda: tune.MLPBuilder(0), ValueError, "n_outputs must be an integer >= 1; got 0"),
+    (lambda: tune.ModelObjective(tune.MLPBuilder(2), None, epochs=2.5), TypeError,
+     "epochs must be an integer >= 1"),
+])
+def test_integer_arguments_use_the_shared_check(make, error, message):
+    # fastnn._checks.integer: TypeError for a non-integer (bool included), ValueError out of range
+    with pytest.raises(error, match=message):
+        make()

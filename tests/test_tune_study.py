@@ -269,7 +269,7 @@ def test_resume_with_another_study_is_refused(tmp_path, change, message):
 def test_one_coordinator_at_a_time(tmp_path):
     path = tmp_path / "study.db"
     study = tune.create_study(SPACE, storage=path, seed=0, n_trials=3)
-    with study._exclusive():
+    with study.lock():
         with pytest.raises(RuntimeError, match="another process .* is running a search"):
             tune.search(objectives.quadratic, SPACE, n_trials=3, storage=path)
     assert len(tune.search(objectives.quadratic, SPACE, n_trials=3, storage=path).trials) == 3
@@ -376,15 +376,16 @@ def test_trial_report_checks_its_arguments():
 # ------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("kwargs, error, message", [
-    ({"n_jobs": 0}, ValueError, "n_jobs must be an integer >= 1"),
-    ({"n_jobs": 1.5}, ValueError, "n_jobs must be an integer >= 1"),
+    ({"n_jobs": 0}, ValueError, "n_jobs must be an integer >= 1; got 0"),
+    ({"n_jobs": 1.5}, TypeError, r"n_jobs must be an integer >= 1; got 1\.5 \(float\)"),
     ({"n_trials": -1}, ValueError, "n_trials must be an integer >= 0"),
     ({"strategy": "annealing"}, ValueError, "strategy must be one of"),
     ({"direction": "max"}, ValueError, "direction must be 'maximize' or 'minimize'"),
     ({"space": [("x", 1)]}, TypeError, "space must be a dict"),
     ({"storage": "/no/such/dir/study.db"}, FileNotFoundError,
      "storage directory '/no/such/dir' does not exist"),
-    ({"seed": -3}, ValueError, "seed must be a non-negative integer"),
+    ({"seed": -3}, ValueError, "seed must be an integer >= 0; got -3"),
+    ({"seed": 1.0}, TypeError, "seed must be an integer >= 0; got 1.0"),
     ({"timeout": 0}, ValueError, "timeout must be a positive number"),
     ({"executor": object()}, TypeError, "executor must be a concurrent.futures.Executor"),
     ({"callbacks": print}, TypeError, "callbacks must be a list"),
@@ -427,7 +428,7 @@ def test_a_failed_new_study_leaves_no_file(tmp_path):
 
 
 @pytest.mark.parametrize("module", ["fastnn.tune", "fastnn.tune.study", "fastnn.tune.runner",
-                                    "fastnn.tune.models"])
+                                    "fastnn.tune.trial", "fastnn.tune.models"])
 def test_docstring_examples_run(module):
     import doctest
     import importlib

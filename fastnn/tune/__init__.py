@@ -35,7 +35,6 @@ from .models import (
     tune_model,
 )
 from .pruners import MedianPruner, NopPruner, Pruner, SuccessiveHalvingPruner
-from .runner import search
 from .space import (
     Choice,
     Distribution,
@@ -46,7 +45,8 @@ from .space import (
     Uniform,
 )
 from .strategies import Bayes, CoarseToFine, Grid, Random, Staged, Strategy
-from .study import FrozenTrial, Study, Trial, TrialPruned, create_study, load_study, trial_seed
+from .study import Study, create_study, load_study, search
+from .trial import FrozenTrial, Trial, TrialPruned, trial_seed
 
 __all__ = [
     "Bayes",

@@ -1,4 +1,4 @@
-"""Building a strategy or a pruner from its name (shared by strategies.py and pruners.py)."""
+"""Building a strategy or a pruner from its name (shared by the strategies and the pruners)."""
 
 from __future__ import annotations
 

@@ -33,6 +33,8 @@ import math
 
 import numpy as np
 
+from .. import _checks
+
 __all__ = ["GaussianProcess", "expected_improvement", "matern52"]
 
 _SQRT5 = math.sqrt(5.0)
@@ -238,9 +240,7 @@ class GaussianProcess:
         if noise is not None and not (math.isfinite(float(noise)) and float(noise) > 0):
             raise ValueError(f"noise must be None or a float > 0; got {noise!r}")
         self.noise = None if noise is None else float(noise)
-        if int(n_restarts) < 1:
-            raise ValueError(f"n_restarts must be >= 1; got {n_restarts!r}")
-        self.n_restarts = int(n_restarts)
+        self.n_restarts = _checks.integer("n_restarts", n_restarts, minimum=1)
         self.seed = seed
         self.length_scale_bounds = _check_positive_pair("length_scale_bounds",
                                                         length_scale_bounds)

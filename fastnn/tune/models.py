@@ -18,32 +18,19 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import _checks
+from .._names import HYPERPARAMETERS, OPTIMIZERS, first
 from ..callbacks import Callback
 from .space import Choice, IntLogUniform, IntUniform, LogUniform, OneMinusLogUniform, Uniform
-from .study import FrozenTrial, Study, Trial, TrialPruned, create_study
+from .study import Study, create_study
+from .trial import FrozenTrial, Trial, TrialPruned
 
 __all__ = ["DigitsObjective", "MLPBuilder", "ModelObjective", "checkpoint_path",
            "digits_objective", "digits_space", "make_optimizer", "resume_trial", "tune_digits",
            "tune_model"]
 
-# Parameter names understood in ``params`` (the same names the "staged" strategy groups).
-LR_NAMES = ("lr", "learning_rate")
-BETA1_NAMES = ("beta1", "beta_1", "beta", "momentum")
-BETA2_NAMES = ("beta2", "beta_2")
-DECAY_NAMES = ("decay", "decay_rate", "lr_decay")
-HIDDEN_NAMES = ("hidden", "units", "hidden_units", "width")
-LAYERS_NAMES = ("layers", "n_layers", "depth")
-BATCH_NAMES = ("batch_size", "minibatch")
-
 # search() arguments that go to Study.optimize rather than to create_study.
 _OPTIMIZE_KEYS = ("n_jobs", "executor", "timeout", "callbacks", "verbose")
-
-
-def _first(params: dict, names: tuple, default=None):
-    for name in names:
-        if name in params:
-            return params[name]
-    return default
 
 
 # ------------------------------------------------------------------------------------------
@@ -74,13 +61,11 @@ def make_optimizer(params: dict, *, epochs: int = 10, kind: str = "adam"):
     from .. import optimizers, schedules
 
     kind = str(params.get("optimizer", kind)).lower()
-    makers = {"adam": optimizers.Adam, "adamw": optimizers.AdamW, "sgd": optimizers.SGD,
-              "rmsprop": optimizers.RMSprop}
-    if kind not in makers:
-        raise ValueError(f"optimizer must be one of {sorted(makers)}; got {kind!r}")
-    cls = makers[kind]
-    lr = _first(params, LR_NAMES, cls.__init__.__defaults__[0])
-    decay = _first(params, DECAY_NAMES)
+    if kind not in OPTIMIZERS:
+        raise ValueError(f"optimizer must be one of {sorted(OPTIMIZERS)}; got {kind!r}")
+    cls = getattr(optimizers, OPTIMIZERS[kind])
+    lr = first(params, "lr", cls.__init__.__defaults__[0])
+    decay = first(params, "decay")
     if isinstance(decay, str):
         lr = schedules.decay(decay, lr, total=epochs)
     elif decay is not None and decay > 0:
@@ -88,8 +73,8 @@ def make_optimizer(params: dict, *, epochs: int = 10, kind: str = "adam"):
     options = {}
     if "weight_decay" in params:
         options["weight_decay"] = params["weight_decay"]
-    beta1 = _first(params, BETA1_NAMES)
-    beta2 = _first(params, BETA2_NAMES)
+    beta1 = first(params, "beta1")
+    beta2 = first(params, "beta2")
     if kind in ("adam", "adamw"):
         if beta1 is not None:
             options["beta_1"] = beta1
@@ -126,10 +111,7 @@ class MLPBuilder:
     def __init__(self, n_outputs: int, *, hidden: int = 64, layers: int = 1,
                  activation: str = "relu", batch_norm: bool = True, dropout: float = 0.0,
                  softmax: bool = True, dtype: str = "float32") -> None:
-        if isinstance(n_outputs, bool) or not isinstance(n_outputs, numbers.Integral) \
-                or n_outputs < 1:
-            raise ValueError(f"n_outputs must be an integer >= 1; got {n_outputs!r}")
-        self.n_outputs = int(n_outputs)
+        self.n_outputs = _checks.integer("n_outputs", n_outputs, minimum=1)
         self.hidden, self.layers = hidden, layers
         self.activation, self.batch_norm, self.dropout = activation, batch_norm, dropout
         self.softmax, self.dtype = softmax, dtype
@@ -138,8 +120,8 @@ class MLPBuilder:
         from ..layers import mlp
         from ..model import Sequential
 
-        width = int(_first(params, HIDDEN_NAMES, self.hidden))
-        depth = int(_first(params, LAYERS_NAMES, self.layers))
+        width = int(first(params, "hidden", self.hidden))
+        depth = int(first(params, "layers", self.layers))
         layers = mlp([width] * depth, self.n_outputs,
                      activation=params.get("activation", self.activation),
                      batch_norm=bool(params.get("batch_norm", self.batch_norm)),
@@ -229,9 +211,9 @@ class ModelObjective:
             raise TypeError(f"build_fn must be callable as build_fn(params); got {build_fn!r}")
         self.build_fn = build_fn
         self.data = data
-        self.epochs = _positive_int("epochs", epochs)
+        self.epochs = _checks.integer("epochs", epochs, minimum=1)
         self.metric = metric
-        self.batch_size = _positive_int("batch_size", batch_size)
+        self.batch_size = _checks.integer("batch_size", batch_size, minimum=1)
         self.optimizer = optimizer
         self.checkpoint_dir = None if checkpoint_dir is None else str(checkpoint_dir)
         self.fit_kwargs = dict(fit_kwargs or {})
@@ -258,14 +240,14 @@ class ModelObjective:
         return model
 
     def _epochs(self, params: dict) -> int:
-        return _positive_int("params['epochs']", params.get("epochs", self.epochs))
+        return _checks.integer("params['epochs']", params.get("epochs", self.epochs), minimum=1)
 
     def __call__(self, params: dict, trial: Trial) -> float:
         model = self.build(params, trial)
         checkpoint = (None if self.checkpoint_dir is None
                       else checkpoint_path(self.checkpoint_dir, trial.number))
-        batch_size = _positive_int("params['batch_size']",
-                                   _first(params, BATCH_NAMES, self.batch_size))
+        batch_size = _checks.integer("params['batch_size']",
+                                     first(params, "batch_size", self.batch_size), minimum=1)
         return _train(model, trial, self._data(), epochs=self._epochs(params),
                       batch_size=batch_size, metric=self.metric, checkpoint=checkpoint,
                       prune=True, fit_kwargs=self.fit_kwargs)
@@ -273,12 +255,6 @@ class ModelObjective:
     def __repr__(self) -> str:
         return (f"{type(self).__name__}({self.build_fn!r}, epochs={self.epochs}, "
                 f"metric={self.metric!r})")
-
-
-def _positive_int(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"{name} must be an integer >= 1; got {value!r}")
-    return int(value)
 
 
 # ------------------------------------------------------------------------------------------
@@ -554,24 +530,24 @@ def resume_trial(study: Study, number: int, X=None, y=None, *, lr: float | None 
     if settings.get("checkpoint_dir") is None:
         raise ValueError("this study was tuned without checkpoint_dir, so no trial has a "
                          "checkpoint to resume; run tune_model with checkpoint_dir=...")
-    parent = study._trial(number)
+    parent = study.trial(number)
     if parent.state not in ("complete", "pruned"):
         raise ValueError(f"trial {number} is {parent.state}; only complete or pruned trials "
                          "have a checkpoint to resume")
     path = checkpoint_path(settings["checkpoint_dir"], number)
     if not path.exists():
         raise FileNotFoundError(f"trial {number} has no checkpoint at {path}")
-    epochs = _positive_int("epochs", epochs)
+    epochs = _checks.integer("epochs", epochs, minimum=1)
     data = _resume_data(settings, X, y, validation_data)
     model = load(path)
     if lr is not None:
         model.optimizer.lr = lr
     params = dict(parent.params)
     if lr is not None:
-        key = next((k for k in LR_NAMES if k in params), "lr")
+        key = next((k for k in HYPERPARAMETERS["lr"] if k in params), "lr")
         params[key] = float(lr)
-    trial = study._ask(params, parent=number)
-    batch_size = int(_first(params, BATCH_NAMES, settings["batch_size"]))
+    trial = study.start(params, parent=number)
+    batch_size = int(first(params, "batch_size", settings["batch_size"]))
     try:
         value = _train(model, trial, data, epochs=epochs, batch_size=batch_size,
                        metric=settings["metric"],

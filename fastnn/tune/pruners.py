@@ -26,9 +26,9 @@ False
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Mapping
 
+from .. import _checks
 from ._registry import build_by_name
 
 __all__ = [
@@ -39,14 +39,6 @@ __all__ = [
     "get_pruner",
     "pruner_from_config",
 ]
-
-
-def _int_at_least(name: str, value, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an integer >= {minimum}; got {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}; got {value!r}")
-    return int(value)
 
 
 def _finite(values) -> list[float]:
@@ -133,8 +125,8 @@ class MedianPruner(Pruner):
     name = "median"
 
     def __init__(self, n_startup_trials: int = 5, n_warmup_steps: int = 0) -> None:
-        self.n_startup_trials = _int_at_least("n_startup_trials", n_startup_trials, 0)
-        self.n_warmup_steps = _int_at_least("n_warmup_steps", n_warmup_steps, 0)
+        self.n_startup_trials = _checks.integer("n_startup_trials", n_startup_trials, minimum=0)
+        self.n_warmup_steps = _checks.integer("n_warmup_steps", n_warmup_steps, minimum=0)
 
     def should_prune(self, step: int, value: float, peers: Mapping) -> bool:
         if step < self.n_warmup_steps:
@@ -178,8 +170,8 @@ class SuccessiveHalvingPruner(Pruner):
     name = "halving"
 
     def __init__(self, min_resource: int = 1, reduction_factor: int = 3) -> None:
-        self.min_resource = _int_at_least("min_resource", min_resource, 1)
-        self.reduction_factor = _int_at_least("reduction_factor", reduction_factor, 2)
+        self.min_resource = _checks.integer("min_resource", min_resource, minimum=1)
+        self.reduction_factor = _checks.integer("reduction_factor", reduction_factor, minimum=2)
 
     def is_rung(self, step: int) -> bool:
         """Whether ``step`` is ``min_resource * reduction_factor**k`` for some k >= 0."""

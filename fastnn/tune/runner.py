@@ -1,12 +1,17 @@
 """Running a study's trials: inline, in a process pool, or on any ``concurrent.futures.Executor``.
 
-The coordinator (the process that calls :func:`search`) is the only writer of the storage.
-It walks the trial numbers in order; before it proposes trial ``k`` it waits until every
-trial below ``strategy.barrier(k)`` has finished, and it keeps up to ``n_jobs`` trials in
+The coordinator (the process that calls :func:`fastnn.tune.search`) is the only writer of the
+storage. It walks the trial numbers in order; before it proposes trial ``k`` it waits until
+every trial below ``study.barrier(k)`` has finished, and it keeps up to ``n_jobs`` trials in
 flight. Each trial is recorded as "running", with its params and seed, before it is handed
 to a worker; the worker runs the objective inside :func:`run_trial`, which turns an
 exception, a NaN or a non-number into a "failed" result and :class:`TrialPruned` into a
 "pruned" one, so the search goes on.
+
+The runner knows the study only by its public methods (``trials``, ``lock``,
+``set_n_trials``, ``hard_limit``, ``barrier``, ``propose``, ``start``, ``rerun``, ``tell``,
+``open_trials``, ``orient``, ``save_strategy_state``) and imports nothing of it: the study
+imports the runner (:meth:`Study.optimize`), not the other way round.
 
 What does not depend on the number of workers: the params and seed of every trial (they
 depend only on the study seed, the trial number and the trials below the strategy's
@@ -31,19 +36,10 @@ import traceback
 
 import numpy as np
 
-from .storage import FINISHED, MEMORY
-from .study import (
-    FrozenTrial,
-    Study,
-    Trial,
-    TrialPruned,
-    create_study,
-    format_params,
-    load_study,
-    trial_seed,
-)
+from .. import _checks
+from .trial import FrozenTrial, Trial, TrialPruned, format_params
 
-__all__ = ["load_study", "run_trial", "search"]
+__all__ = ["run", "run_trial"]
 
 #: Thread-count variables set to 1 in the environment of the process pool's workers.
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
@@ -94,6 +90,11 @@ def run_trial(objective, trial: Trial) -> Outcome:
     An exception (other than KeyboardInterrupt and SystemExit) or a return value that is
     not a finite real number gives a "failed" outcome with the error text; TrialPruned
     gives "pruned". Runs in the worker; module-level so that process pools can pickle it.
+
+    >>> run_trial(lambda params, trial: params["x"] ** 2, Trial(0, {"x": 3.0}, seed=0)).value
+    9.0
+    >>> run_trial(lambda params, trial: float("nan"), Trial(1, {}, seed=0)).error
+    'ValueError: the objective returned nan'
     """
     start = time.perf_counter()
     try:
@@ -219,7 +220,7 @@ def _executor_width(executor) -> int:
 # ------------------------------------------------------------------------------------------
 
 class _Loop:
-    def __init__(self, study: Study, objective, dispatcher, total: int, *, timeout, callbacks,
+    def __init__(self, study, objective, dispatcher, total: int, *, timeout, callbacks,
                  verbose: int, stream) -> None:
         self.study = study
         self.objective = objective
@@ -229,12 +230,9 @@ class _Loop:
         self.verbose = verbose
         self.stream = stream
         self.deadline = None if timeout is None else time.monotonic() + timeout
-        rows = study._storage.trial_rows()
-        self.rows = {row["number"]: row for row in rows}
-        self.finished: dict[int, FrozenTrial] = {
-            row["number"]: FrozenTrial.from_row(row) for row in rows
-            if row["state"] in FINISHED}
-        self.peers: dict[int, list[float]] = study._peers(self.finished)
+        trials = study.trials
+        self.left_running = {t.number for t in trials if t.state == "running"}
+        self.finished: dict[int, FrozenTrial] = {t.number: t for t in trials if t.finished}
         self.inflight: dict[cf.Future, Trial] = {}
         self.suspects: list[Trial] = []  # in flight when a worker died: re-run one by one
         self.isolated: int | None = None
@@ -250,18 +248,17 @@ class _Loop:
                 self.collect()
             if self.out_of_time():
                 break
-            row = self.rows.get(number)
-            if row is not None:  # left "running" by an interrupted search: same params, seed
-                params, seed = row["params"], row["seed"]
-                self.study._storage.restart_running(number)
+            if number in self.left_running:  # by an interrupted search: same params, seed
+                trial = self.study.rerun(number)
             else:
-                barrier = self.study.strategy.barrier(number)
+                barrier = self.study.barrier(number)
                 while self.unfinished_below(barrier):
                     self.run_suspects() if self.suspects else self.collect()
-                params = self.study._propose(number, self.finished)
-                seed = trial_seed(self.study.seed, number)
-                self.study._storage.insert_running(number, params, seed)
-            self.dispatch(self.study._make_trial(number, params, seed, self.peers))
+                trial = self.study.start(self.study.propose(number))
+                if trial.number != number:
+                    raise RuntimeError(f"the study numbered the new trial {trial.number}, "
+                                       f"not {number}: was it written to meanwhile?")
+            self.dispatch(trial)
         while self.inflight or self.suspects:
             self.run_suspects() if self.suspects else self.collect()
 
@@ -289,7 +286,7 @@ class _Loop:
             if not self.suspects:
                 break
             trial = self.suspects.pop(0)
-            self.study._storage.restart_running(trial.number)
+            self.study.rerun(trial.number)  # (the Trial keeps the pruner's first snapshot)
             trial.reports.clear()
             self.isolated = trial.number
             self.dispatch(trial)
@@ -348,11 +345,10 @@ class _Loop:
         self.suspects = sorted(self.suspects + suspects, key=lambda t: t.number)
 
     def record(self, outcome: Outcome) -> None:
-        frozen = self.study._finish(outcome.number, state=outcome.state, value=outcome.value,
-                                    reports=outcome.reports, error=outcome.error,
-                                    duration=outcome.duration)
+        frozen = self.study.tell(outcome.number, outcome.value, state=outcome.state,
+                                 error=outcome.error, reports=outcome.reports,
+                                 duration=outcome.duration)
         self.finished[frozen.number] = frozen
-        self.study._add_peer(self.peers, frozen)
         if self.verbose:
             self.progress(frozen)
         for callback in self.callbacks:
@@ -392,21 +388,14 @@ def _check_callbacks(callbacks) -> list:
     return list(callbacks)
 
 
-def _check_jobs(n_jobs) -> int | None:
-    if n_jobs is None:
-        return None
-    if isinstance(n_jobs, bool) or not isinstance(n_jobs, numbers.Integral) or n_jobs < 1:
-        raise ValueError(f"n_jobs must be an integer >= 1 (or None); got {n_jobs!r}")
-    return int(n_jobs)
-
-
-def run(study: Study, objective, n_trials=None, *, n_jobs=None, executor=None, timeout=None,
+def run(study, objective, n_trials=None, *, n_jobs=None, executor=None, timeout=None,
         callbacks=None, verbose=0, stream=None) -> None:
-    """Run ``study``'s missing trials (see :meth:`Study.optimize` and :func:`search`)."""
+    """Run ``study``'s missing trials (see :meth:`fastnn.tune.Study.optimize` and
+    :func:`fastnn.tune.search`)."""
     if not callable(objective):
         raise TypeError(f"objective must be callable as objective(params, trial); got "
                         f"{objective!r}")
-    n_jobs = _check_jobs(n_jobs)
+    n_jobs = None if n_jobs is None else _checks.integer("n_jobs", n_jobs, minimum=1)
     if executor is not None and not callable(getattr(executor, "submit", None)):
         raise TypeError(f"executor must be a concurrent.futures.Executor (with a submit "
                         f"method); got {type(executor).__name__}")
@@ -417,13 +406,13 @@ def run(study: Study, objective, n_trials=None, *, n_jobs=None, executor=None, t
     callbacks = _check_callbacks(callbacks)
     if verbose not in (0, 1):
         raise ValueError(f"verbose must be 0 or 1; got {verbose!r}")
-    if study._open:
-        raise RuntimeError(f"trials {sorted(study._open)} were asked and not told yet: tell "
+    if study.open_trials:
+        raise RuntimeError(f"trials {study.open_trials} were asked and not told yet: tell "
                            "their results before running a search on this study")
     if executor is None and (n_jobs or 1) > 1:
         _check_picklable(objective)
-    with study._exclusive():
-        total = study._set_target(n_trials)
+    with study.lock():
+        total = study.set_n_trials(n_trials)
         limit = study.hard_limit()
         if limit is not None and total > limit:
             raise ValueError(f"n_trials={total} is more than the grid's {limit} points")
@@ -451,107 +440,4 @@ def _drive(study, objective, dispatcher, total, timeout, callbacks, verbose, str
     finally:
         # On KeyboardInterrupt the trials in flight stay "running": a resume re-runs them.
         with contextlib.suppress(Exception):
-            state = study.describe()
-            study._storage.update_study(strategy_state=state)
-            study._strategy_state = state
-
-
-def search(objective, space: dict, strategy=None, n_trials: int | None = None,
-           n_jobs: int | None = None, executor=None, storage=MEMORY, seed: int | None = None,
-           direction: str | None = None, pruner=None, *, timeout: float | None = None,
-           callbacks=None, verbose: int = 0, **strategy_options) -> Study:
-    """Search ``space`` for the parameters that optimize ``objective``.
-
-    Parameters
-    ----------
-    objective : callable
-        ``objective(params, trial) -> float``: ``params`` is a dict of values, ``trial``
-        has ``.number``, ``.seed`` (seed the trial's randomness with it), ``.report(value,
-        step)`` and ``.should_prune()``. Raising :class:`TrialPruned` records the trial as
-        pruned; raising anything else, or returning NaN or a non-number, records it as
-        failed with the error, and the search goes on.
-    space : dict
-        Name -> distribution (:class:`LogUniform` for a learning rate,
-        :class:`OneMinusLogUniform` for β, ...) or a constant.
-    strategy : str or Strategy, optional
-        "grid", "random", "coarse_to_fine", "bayes" or "staged" (options for it as keyword
-        arguments, e.g. ``rounds=3``), or a Strategy instance. Default "random" (or, when
-        resuming, the stored one).
-    n_trials : int, optional
-        The study's TOTAL number of trials. When ``storage`` already holds the study, only
-        the missing trials run (a study with 20 finished trials and ``n_trials=30`` runs 10
-        more). Default: the strategy's natural size (a grid's number of points), or the
-        stored number.
-    n_jobs : int, optional
-        Trials in flight at once. Without ``executor``: 1 (the default) runs each trial
-        inline in this process, so lambdas and closures work; more starts a process pool of
-        that size ("spawn" workers, BLAS and OpenMP limited to one thread each; the
-        objective must be picklable: a module-level function). With ``executor``: default
-        the executor's number of workers.
-    executor : concurrent.futures.Executor, optional
-        Runs the trials through its ``submit``, e.g. a Dask cluster's
-        ``client.get_executor()``. It is not shut down.
-    storage : ":memory:" or path
-        An SQLite file: every trial is recorded there as it starts and ends, and a search
-        started again on the same file (after a crash, a kill or Ctrl-C) resumes: finished
-        trials are kept, trials left running run again with the same params and seed.
-    seed : int, optional
-        The study seed; every trial's params and seed follow from it. Default: fresh entropy,
-        stored with the study.
-    direction : "maximize" or "minimize", optional
-        Default "maximize" (or the stored one).
-    pruner : "median", "halving", Pruner or None
-        Stops unpromising trials from their ``trial.report`` values.
-    timeout : float, optional
-        Seconds after which no new trial starts (those in flight finish).
-    callbacks : list of callables, optional
-        ``callback(study, frozen_trial)`` after each trial is recorded.
-    verbose : 0 or 1
-        1 prints one line per finished trial.
-
-    Returns
-    -------
-    Study
-
-    Raises
-    ------
-    ValueError, TypeError
-        On a bad argument, or if ``storage`` holds a study with another space, direction,
-        seed, strategy or pruner.
-    KeyboardInterrupt
-        Re-raised after the search stops dispatching; running trials stay "running" in the
-        storage and run again when the search is resumed.
-
-    Notes
-    -----
-    The same study seed gives the same trials (params and seeds) whatever ``n_jobs`` or
-    executor: a proposal depends only on the seed, the trial number and the trials below
-    the strategy's barrier, which the runner waits for. That holds for every strategy; for
-    "bayes" the Gaussian process is fitted in this process, so the proposals are the same
-    up to floating-point differences between machines. Pruning decisions depend on which
-    trials had finished when a trial started, so with ``n_jobs > 1`` they can differ.
-
-    Examples
-    --------
-    >>> from fastnn import tune
-    >>> study = tune.search(lambda p, t: -(p["x"] - 0.3) ** 2, {"x": tune.Uniform(0, 1)},
-    ...                     n_trials=20, seed=0)
-    >>> abs(study.best_params["x"] - 0.3) < 0.1
-    True
-    """
-    if not callable(objective):
-        raise TypeError(f"objective must be callable as objective(params, trial); got "
-                        f"{objective!r}")
-    _check_jobs(n_jobs)
-    if n_trials is not None and (isinstance(n_trials, bool) or not isinstance(
-            n_trials, numbers.Integral) or n_trials < 0):
-        raise ValueError(f"n_trials must be an integer >= 0 (or None); got {n_trials!r}")
-    study = create_study(space, strategy, storage=storage, seed=seed, direction=direction,
-                         pruner=pruner, n_trials=n_trials, **strategy_options)
-    study.optimize(objective, n_trials, n_jobs=n_jobs, executor=executor, timeout=timeout,
-                   callbacks=callbacks, verbose=verbose)
-    return study
-
-
-# ``load_study`` lives with the Study; it is part of this module's interface too.
-load_study = load_study
+            study.save_strategy_state()

@@ -251,10 +251,15 @@ class Storage:
 
     # -- trial rows ------------------------------------------------------------------------
 
-    def trial_rows(self) -> list[dict]:
-        """Every trial row, by number, JSON columns decoded."""
+    def trial_rows(self, start: int = 0, numbers=()) -> list[dict]:
+        """The trial rows numbered ``start`` or more and those in ``numbers``, by number, JSON
+        columns decoded; by default every row."""
+        numbers = [int(n) for n in numbers]
+        where = "number >= ?" + (f" OR number IN ({', '.join('?' * len(numbers))})"
+                                 if numbers else "")
         cursor = self._conn.execute(
-            f"SELECT {', '.join(_TRIAL_COLUMNS)} FROM trials ORDER BY number")
+            f"SELECT {', '.join(_TRIAL_COLUMNS)} FROM trials WHERE {where} ORDER BY number",
+            (int(start), *numbers))
         return [_decode(row) for row in cursor.fetchall()]
 
     def trial_row(self, number: int) -> dict | None:

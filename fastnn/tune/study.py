@@ -1,21 +1,23 @@
-"""A study: its trials, the best one, and hand-driven trials (``ask`` / ``tell``).
+"""A study: its trials, the best one, hand-driven trials (``ask`` / ``tell``) and
+:func:`search`.
 
 A :class:`Study` is a view of one SQLite storage (see :mod:`fastnn.tune.storage`): its
 metadata (direction, seed, space, strategy, pruner, number of trials) and one row per trial.
-The objective of a search receives a :class:`Trial`, a small picklable handle that travels
-to the worker; what the coordinator keeps is a :class:`FrozenTrial`, read from the storage.
+The objective of a search receives a :class:`~fastnn.tune.trial.Trial`, a small picklable
+handle that travels to the worker; what the coordinator keeps is a
+:class:`~fastnn.tune.trial.FrozenTrial`, read from the storage. Every trial's seed comes from
+the study seed and the trial number (:func:`~fastnn.tune.trial.trial_seed`), so the same study
+gives every trial the same seed wherever and whenever it runs.
 
-Every trial's seed comes from the study seed and the trial number::
-
-    int(np.random.SeedSequence(study_seed, spawn_key=(number,)).generate_state(1)[0])
-
-so the same study gives every trial the same seed wherever and whenever it runs.
+The runner (:mod:`fastnn.tune.runner`) drives a search through the Study's public methods
+only: :meth:`Study.propose` and :meth:`Study.start` (what :meth:`Study.ask` does in two
+steps), :meth:`Study.rerun` for trials an interrupted search left running,
+:meth:`Study.barrier`, :meth:`Study.tell`, :meth:`Study.lock`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import datetime
 import math
 import numbers
@@ -24,164 +26,32 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from .. import _checks
 from .._version import __version__
 from .pruners import NopPruner, get_pruner, pruner_from_config
+from .runner import run
 from .space import Choice, Distribution, check_space, space_from_config, space_to_config
 from .storage import FINISHED, MEMORY, STATES, Storage, dumps
 from .strategies import Finished, Grid, get_strategy, strategy_from_config
+from .trial import (
+    FrozenTrial,
+    Trial,
+    TrialPruned,
+    _parse_time,
+    format_params,
+    trial_seed,
+)
 
 __all__ = ["FrozenTrial", "Study", "Trial", "TrialPruned", "create_study", "load_study",
-           "trial_seed"]
+           "search", "trial_seed"]
 
 DIRECTIONS = ("maximize", "minimize")
-
-
-class TrialPruned(Exception):
-    """Raised by an objective (usually after ``trial.should_prune()``) to stop a bad trial.
-
-    The trial is recorded as "pruned" with the reports it made; the search goes on.
-    """
-
-
-def trial_seed(study_seed: int, number: int) -> int:
-    """The seed of trial ``number``: a 32-bit integer derived from the study seed.
-
-    >>> trial_seed(0, 0) == trial_seed(0, 0) != trial_seed(0, 1)
-    True
-    """
-    sequence = np.random.SeedSequence(int(study_seed), spawn_key=(int(number),))
-    return int(sequence.generate_state(1)[0])
 
 
 def _check_direction(direction) -> str:
     if direction not in DIRECTIONS:
         raise ValueError(f"direction must be 'maximize' or 'minimize'; got {direction!r}")
     return direction
-
-
-def _check_count(name: str, value, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}; got {value!r}")
-    return int(value)
-
-
-class Trial:
-    """The handle an objective receives: ``objective(params, trial) -> float``.
-
-    Attributes
-    ----------
-    number : int
-        0, 1, 2, ... in the order the strategy proposed the trials.
-    params : dict
-        The trial's parameter values (the same dict the objective gets as ``params``).
-    seed : int
-        Seed everything random in the trial with it (``model.fit(..., seed=trial.seed)``).
-    reports : dict
-        ``step -> value`` reported so far.
-
-    A Trial is picklable: it travels to the worker that runs the objective, with a snapshot
-    of what the pruner needs (the reports of the trials that had finished when it started).
-    """
-
-    def __init__(self, number: int, params: dict, seed: int, *, direction: str = "maximize",
-                 pruner=None, peers: dict | None = None) -> None:
-        self.number = int(number)
-        self.params = dict(params)
-        self.seed = int(seed)
-        self.reports: dict[int, float] = {}
-        self._direction = direction
-        self._pruner = pruner
-        self._peers = peers or {}
-        self._last_step: int | None = None
-
-    def report(self, value: float, step: int) -> None:
-        """Record an intermediate value (e.g. validation accuracy after epoch ``step``).
-
-        Raises
-        ------
-        ValueError
-            If ``step`` is not an integer >= 0 or ``value`` is not a finite number.
-        """
-        step = _check_count("step", step, 0)
-        if isinstance(value, bool) or not isinstance(value, numbers.Real) \
-                or not math.isfinite(value):
-            raise ValueError(f"trial {self.number}: the reported value must be a finite "
-                             f"number; got {value!r} at step {step}")
-        self.reports[step] = float(value)
-        self._last_step = step
-
-    def should_prune(self) -> bool:
-        """True if the study's pruner says to stop this trial, judged on the last report.
-
-        Always False without a pruner or before the first report. When it is True, raise
-        :class:`TrialPruned`.
-        """
-        if self._pruner is None or self._last_step is None:
-            return False
-        value = self.reports[self._last_step]
-        oriented = value if self._direction == "maximize" else -value
-        return bool(self._pruner.should_prune(self._last_step, oriented, self._peers))
-
-    def __repr__(self) -> str:
-        return f"Trial(number={self.number}, params={self.params!r}, seed={self.seed})"
-
-
-def _parse_time(text: str | None) -> datetime.datetime | None:
-    return None if text is None else datetime.datetime.fromisoformat(text)
-
-
-@dataclasses.dataclass(frozen=True)
-class FrozenTrial:
-    """A recorded trial, as stored.
-
-    Attributes
-    ----------
-    number, params, seed : as in :class:`Trial`.
-    state : str
-        "complete", "failed", "pruned" or "running".
-    value : float or None
-        The objective's value (complete trials only).
-    reports : dict
-        ``step -> value`` reported by the trial.
-    error : str or None
-        Failed trials: the exception and a traceback summary.
-    datetime_start, datetime_complete : datetime.datetime or None
-        When the trial was (last) dispatched and when its result was recorded (UTC).
-    duration : float or None
-        Seconds the objective ran, measured where it ran.
-    attempts : int
-        How many times the trial was dispatched (more than 1 after a resume).
-    parent : int or None
-        For a trial made by :func:`fastnn.tune.resume_trial`: the trial it continued.
-    """
-
-    number: int
-    state: str
-    params: dict
-    value: float | None
-    seed: int
-    reports: dict
-    error: str | None
-    datetime_start: datetime.datetime | None
-    datetime_complete: datetime.datetime | None
-    duration: float | None
-    attempts: int = 1
-    parent: int | None = None
-
-    @classmethod
-    def from_row(cls, row: dict) -> FrozenTrial:
-        return cls(number=row["number"], state=row["state"], params=row["params"],
-                   value=row["value"], seed=row["seed"], reports=row["reports"],
-                   error=row["error"], datetime_start=_parse_time(row["datetime_start"]),
-                   datetime_complete=_parse_time(row["datetime_complete"]),
-                   duration=row["duration"], attempts=row["attempts"], parent=row["parent"])
-
-    @property
-    def finished(self) -> bool:
-        return self.state in FINISHED
-
-    def __hash__(self) -> int:  # the dict fields are not hashable; these identify a record
-        return hash((self.number, self.state, self.attempts, self.datetime_complete))
 
 
 # ------------------------------------------------------------------------------------------
@@ -279,6 +149,14 @@ class Study:
         self._user_attrs: dict = meta["user_attrs"]
         self._strategy_state: dict = meta["strategy_state"]
         self._open: dict[int, Trial] = {}  # asked here, not told yet
+        self._locks = 0  # how many lock() blocks of this object are open (it is reentrant)
+        # The finished trials seen so far (a finished record never changes) and the pruner's
+        # view of them, refreshed from the rows not yet seen finished (see _finished): a
+        # search reads each row about once, not once per trial.
+        self._done: dict[int, FrozenTrial] = {}
+        self._peer_values: dict[int, list[float]] = {}
+        self._seen = 0  # every row numbered below this has been read
+        self._unfinished: set[int] = set()  # rows below _seen that were running when read
 
     # -- reading -----------------------------------------------------------------------------
 
@@ -346,7 +224,7 @@ class Study:
             return None
         return value if self.direction == "maximize" else -value
 
-    # -- trials for the runner and for ask ----------------------------------------------------
+    # -- what the strategy and the pruner see ---------------------------------------------------
 
     def _history(self, finished: dict[int, FrozenTrial], barrier: int) -> list[Finished]:
         """What the strategy sees: finished trials below ``barrier`` (not resume_trial's)."""
@@ -356,25 +234,35 @@ class Study:
                 for n in sorted(k for k in finished if k < barrier)
                 if finished[n].parent is None]
 
-    def _add_peer(self, peers: dict[int, list[float]], trial: FrozenTrial) -> None:
-        """Add a finished trial's reports to ``peers`` (step -> oriented values) if the
-        pruner should see them: complete and pruned trials, not resume_trial's."""
+    def _finished(self) -> dict[int, FrozenTrial]:
+        """Every finished trial, by number: the cache, brought up to date with the rows it has
+        not seen finished (new rows, and rows that were running when last read)."""
+        for row in self._storage.trial_rows(start=self._seen, numbers=sorted(self._unfinished)):
+            number = row["number"]
+            self._seen = max(self._seen, number + 1)
+            if row["state"] in FINISHED:
+                self._remember(FrozenTrial.from_row(row))
+            else:
+                self._unfinished.add(number)
+        return self._done
+
+    def _remember(self, trial: FrozenTrial) -> None:
+        """Add a finished trial to the cache; its reports join the pruner's peers if the
+        pruner should see them (complete and pruned trials, not resume_trial's)."""
+        if trial.number in self._done:
+            return
+        self._done[trial.number] = trial
+        self._unfinished.discard(trial.number)
         if trial.state in ("complete", "pruned") and trial.parent is None \
                 and not isinstance(self.pruner, NopPruner):
             for step, value in sorted(trial.reports.items()):
-                peers.setdefault(step, []).append(self.orient(value))
+                self._peer_values.setdefault(step, []).append(self.orient(value))
 
-    def _peers(self, finished: dict[int, FrozenTrial]) -> dict[int, list[float]]:
-        peers: dict[int, list[float]] = {}
-        for _, t in sorted(finished.items()):
-            self._add_peer(peers, t)
-        return peers
-
-    def _make_trial(self, number: int, params: dict, seed: int,
-                    peers: dict[int, list[float]]) -> Trial:
-        """The Trial to run, with a snapshot (a copy) of the pruner's peers."""
+    def _make_trial(self, number: int, params: dict, seed: int) -> Trial:
+        """The Trial to run, with a snapshot (a copy) of the pruner's peers as of now."""
+        self._finished()
         return Trial(number, params, seed, direction=self.direction, pruner=self.pruner,
-                     peers={step: list(values) for step, values in peers.items()})
+                     peers={step: list(values) for step, values in self._peer_values.items()})
 
     def hard_limit(self) -> int | None:
         """The most trials the strategy can propose (a grid's points), or None.
@@ -389,15 +277,14 @@ class Study:
         if limit is not None and number >= limit:
             raise ValueError(f"the grid has {limit} points; trial {number} is past its end")
 
-    def _propose(self, number: int, finished: dict[int, FrozenTrial]) -> dict:
-        self._check_natural_size(number)
-        barrier = self.strategy.barrier(number)
-        return self.strategy.propose(number, self._history(finished, barrier))
+    def set_n_trials(self, n_trials: int | None) -> int:
+        """Resolve and store the study's total number of trials; returns it.
 
-    def _set_target(self, n_trials) -> int:
-        """Resolve and store the study's total number of trials."""
+        ``None`` keeps the stored number, or takes the strategy's natural size (a grid's
+        points). The first total >= 1 also sizes the strategy (its budget), for good.
+        """
         if n_trials is not None:
-            n_trials = _check_count("n_trials", n_trials, 0)
+            n_trials = _checks.integer("n_trials", n_trials, minimum=0)
             if n_trials != self.n_trials:
                 self._storage.update_study(n_trials=n_trials)
                 self.n_trials = n_trials
@@ -414,14 +301,21 @@ class Study:
             self.strategy.set_budget(self._budget)
         return self.n_trials
 
-    def _finish(self, number: int, *, state: str, value: float | None, reports: dict,
-                error: str | None, duration: float | None) -> FrozenTrial:
-        self._storage.finish(number, state=state, value=value, reports=reports, error=error,
-                             duration=duration)
-        self._open.pop(number, None)
-        return self._trial(number)
+    def save_strategy_state(self) -> dict:
+        """Store :meth:`describe` as :attr:`strategy_state` (a search does at its end)."""
+        state = self.describe()
+        self._storage.update_study(strategy_state=state)
+        self._strategy_state = state
+        return state
 
-    def _trial(self, number: int) -> FrozenTrial:
+    def trial(self, number: int) -> FrozenTrial:
+        """Trial ``number`` as recorded now.
+
+        Raises
+        ------
+        ValueError
+            If the study has no such trial.
+        """
         row = self._storage.trial_row(number)
         if row is not None:
             return FrozenTrial.from_row(row)
@@ -429,10 +323,24 @@ class Study:
                          f"{self._storage.next_number()} trials)")
 
     @contextlib.contextmanager
-    def _exclusive(self):
-        """Hold the study's lock file: one coordinator at a time writes a storage file."""
-        if self.storage == MEMORY:
-            yield
+    def lock(self):
+        """Hold the study's lock file while the block runs: one coordinator at a time writes a
+        storage file (a search holds it throughout; ask and tell take it briefly).
+
+        Reentrant for this Study object. A ":memory:" study, or a system without ``fcntl``,
+        has no lock.
+
+        Raises
+        ------
+        RuntimeError
+            If another process holds it.
+        """
+        if self._locks or self.storage == MEMORY:
+            self._locks += 1
+            try:
+                yield
+            finally:
+                self._locks -= 1
             return
         try:
             import fcntl
@@ -452,12 +360,14 @@ class Study:
             fh.truncate()
             fh.write(str(os.getpid()))
             fh.flush()
+            self._locks += 1
             try:
                 yield
             finally:
+                self._locks -= 1
                 fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
-    # -- hand-driven trials ("panda") --------------------------------------------------------
+    # -- trials: ask and tell by hand ("panda"), and the steps a runner takes ------------------
 
     def ask(self, params: dict | None = None) -> Trial:
         """Start a trial by hand; it is recorded as "running" until :meth:`tell`.
@@ -482,65 +392,115 @@ class Study:
 
         Notes
         -----
-        A hand-given trial takes the next number like any other, so in a grid study the grid
-        point of that number is not tried. Trials left "running" by a session that ended
-        can be told by number, or re-run by :meth:`optimize`.
+        ``ask()`` is :meth:`propose` then :meth:`start`. A hand-given trial takes the next
+        number like any other, so in a grid study the grid point of that number is not
+        tried. Trials left "running" by a session that ended can be told by number, or
+        re-run by :meth:`optimize`.
         """
-        return self._ask(params)
-
-    def _ask(self, params: dict | None, parent: int | None = None) -> Trial:
-        """ask(); with ``parent`` (resume_trial) the params are taken as given, no pruner."""
-        with self._exclusive():
-            rows = {row["number"]: FrozenTrial.from_row(row)
-                    for row in self._storage.trial_rows()}
-            number = len(rows)
-            finished = {n: t for n, t in rows.items() if t.finished}
-            if params is None:
-                self._check_natural_size(number)
-                barrier = self.strategy.barrier(number)
-                waiting = [n for n in range(barrier) if n not in finished]
-                if waiting:
-                    raise RuntimeError(
-                        f"the {self.strategy.name} strategy proposes trial {number} from the "
-                        f"results of trials 0..{barrier - 1}; trials {waiting} are still "
-                        "running: tell their results first")
-                params = self._propose(number, finished)
-            elif parent is None:
-                params = check_params(self.space, params)
-            seed = trial_seed(self.seed, number)
-            self._storage.insert_running(number, params, seed, parent=parent)
-            if parent is None:
-                trial = self._make_trial(number, params, seed, self._peers(finished))
-            else:
-                trial = Trial(number, params, seed, direction=self.direction)
-            self._open[number] = trial
+        with self.lock():
+            params = self.propose() if params is None else check_params(self.space, params)
+            trial = self.start(params)
+            self._open[trial.number] = trial
             return trial
 
+    @property
+    def open_trials(self) -> list[int]:
+        """The numbers of the trials asked here by :meth:`ask` and not told yet."""
+        return sorted(self._open)
+
+    def barrier(self, number: int) -> int:
+        """The params of trial ``number`` follow from the finished trials numbered below this
+        (the strategy's barrier): a runner waits for them before it proposes the trial."""
+        return self.strategy.barrier(number)
+
+    def propose(self, number: int | None = None) -> dict:
+        """The strategy's params for trial ``number`` (default: the next trial).
+
+        Raises
+        ------
+        ValueError
+            If ``number`` is past the end of a grid.
+        RuntimeError
+            If trials below the strategy's :meth:`barrier` are still running.
+        """
+        with self.lock():
+            finished = self._finished()
+            if number is None:
+                number = self._storage.next_number()
+            self._check_natural_size(number)
+            barrier = self.strategy.barrier(number)
+            waiting = [n for n in range(barrier) if n not in finished]
+            if waiting:
+                raise RuntimeError(
+                    f"the {self.strategy.name} strategy proposes trial {number} from the "
+                    f"results of trials 0..{barrier - 1}; trials {waiting} are still "
+                    "running: tell their results first")
+            return self.strategy.propose(number, self._history(finished, barrier))
+
+    def start(self, params: dict, *, parent: int | None = None) -> Trial:
+        """Record the next trial as "running" with ``params`` and return the Trial to run.
+
+        ``params`` are taken as given (a proposal, or hand-given values :meth:`ask` has
+        checked); the trial's seed follows from its number. ``parent``: the trial that
+        :func:`~fastnn.tune.resume_trial` continues (such a trial has no pruner).
+        """
+        with self.lock():
+            number = self._storage.next_number()
+            seed = trial_seed(self.seed, number)
+            self._storage.insert_running(number, params, seed, parent=parent)
+            if parent is not None:
+                return Trial(number, params, seed, direction=self.direction)
+            return self._make_trial(number, params, seed)
+
+    def rerun(self, number: int) -> Trial:
+        """Start again trial ``number``, left "running" by a search that was interrupted (or
+        whose worker died): same params and seed, its reports cleared, one more attempt.
+
+        Raises
+        ------
+        ValueError
+            If there is no such trial, or it is not running.
+        """
+        with self.lock():
+            current = self.trial(number)
+            if current.state != "running":
+                raise ValueError(f"trial {number} is {current.state}, not running: only a "
+                                 "running trial can run again")
+            self._storage.restart_running(number)
+            return self._make_trial(number, current.params, current.seed)
+
     def tell(self, trial: Trial | int, value: float | None = None, *, state: str = "complete",
-             error: str | None = None) -> FrozenTrial:
+             error: str | None = None, reports: dict | None = None,
+             duration: float | None = None) -> FrozenTrial:
         """Record the result of a running trial (asked here, or left running by number).
 
         Parameters
         ----------
         trial : Trial or int
-            The trial from :meth:`ask`, or a running trial's number.
+            The trial from :meth:`ask` (or :meth:`start`), or a running trial's number.
         value : float, optional
             The objective's value; required for ``state="complete"``, not allowed otherwise.
             A NaN or infinite value records the trial as "failed", as a search does.
         state : "complete", "failed" or "pruned"
         error : str, optional
             For a failed trial: what went wrong.
+        reports : dict, optional
+            ``step -> value``; default: those made on the Trial object (a runner passes the
+            ones its worker made).
+        duration : float, optional
+            Seconds the objective ran; default: the time since the trial started.
 
         Returns
         -------
         FrozenTrial
-            The trial as recorded (its reports are those made on the Trial object).
+            The trial as recorded.
         """
         if isinstance(trial, Trial):
-            number, reports = trial.number, dict(trial.reports)
+            number, live = trial.number, trial
         else:
-            number = _check_count("trial", trial, 0)
+            number = _checks.integer("trial", trial, minimum=0)
             live = self._open.get(number)
+        if reports is None:
             reports = {} if live is None else dict(live.reports)
         if state not in FINISHED:
             raise ValueError(f"state must be one of {FINISHED}; got {state!r}")
@@ -552,17 +512,20 @@ class Study:
                 state, error, value = "failed", f"the objective returned {value!r}", None
         elif value is not None:
             raise ValueError(f"a {state} trial has no value; got value={value!r}")
-        with self._exclusive():
-            current = self._trial(number)
+        with self.lock():
+            current = self.trial(number)
             if current.state != "running":
                 raise ValueError(f"trial {number} is {current.state}, not running: it was "
                                  "told already")
-            duration = None
-            if current.datetime_start is not None:
+            if duration is None and current.datetime_start is not None:
                 elapsed = datetime.datetime.now(datetime.timezone.utc) - current.datetime_start
                 duration = elapsed.total_seconds()
-            return self._finish(number, state=state, value=value, reports=reports,
-                                error=error, duration=duration)
+            self._storage.finish(number, state=state, value=value, reports=reports,
+                                 error=error, duration=duration)
+            self._open.pop(number, None)
+            frozen = self.trial(number)
+            self._remember(frozen)
+            return frozen
 
     # -- running -------------------------------------------------------------------------------
 
@@ -576,8 +539,6 @@ class Study:
         trials left "running" by an interrupted search are run again with the same params
         and seed.
         """
-        from .runner import run
-
         run(self, objective, n_trials, n_jobs=n_jobs, executor=executor, timeout=timeout,
             callbacks=callbacks, verbose=verbose)
         return self
@@ -595,7 +556,7 @@ class Study:
         """The trials as a text table, best first (``top``: only the first ``top`` rows)."""
         ranked = self.ranked()
         if top is not None:
-            ranked = ranked[:_check_count("top", top, 1)]
+            ranked = ranked[:_checks.integer("top", top, minimum=1)]
         rows = [("#", "state", "value", "duration", "params")]
         for t in ranked:
             value = "-" if t.value is None else f"{t.value:.6g}"
@@ -643,22 +604,12 @@ class Study:
                 f"strategy={self.strategy.name!r}, trials={self._storage.next_number()})")
 
 
-def format_params(params: dict) -> str:
-    """``lr=0.00312 beta1=0.987 hidden=64``: floats to 4 significant digits."""
-    return " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                    for k, v in params.items())
-
-
 # ------------------------------------------------------------------------------------------
 # Creating and loading
 # ------------------------------------------------------------------------------------------
 
 def _check_seed(seed) -> int | None:
-    if seed is None:
-        return None
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer or None; got {seed!r}")
-    return int(seed)
+    return None if seed is None else _checks.integer("seed", seed, minimum=0)
 
 
 def _mismatch(what: str, path: str, stored, given) -> ValueError:
@@ -721,7 +672,7 @@ def create_study(space: dict, strategy=None, *, storage=MEMORY, seed: int | None
         _check_direction(direction)
     seed = _check_seed(seed)
     if n_trials is not None:
-        n_trials = _check_count("n_trials", n_trials, 0)
+        n_trials = _checks.integer("n_trials", n_trials, minimum=0)
     space = check_space(space)
     space_config = space_to_config(space)
     if strategy is None and strategy_options:
@@ -751,7 +702,7 @@ def create_study(space: dict, strategy=None, *, storage=MEMORY, seed: int | None
                           pruner_config=pruner_config)
         study = Study(store, meta)
         if n_trials is not None:
-            study._set_target(n_trials)
+            study.set_n_trials(n_trials)
         return study
     except BaseException:
         store.close()
@@ -781,3 +732,104 @@ def load_study(path) -> Study:
         store.close()
         raise ValueError(f"{path} holds no study yet")
     return Study(store, meta)
+
+
+# ------------------------------------------------------------------------------------------
+# Searching
+# ------------------------------------------------------------------------------------------
+
+def search(objective, space: dict, strategy=None, n_trials: int | None = None,
+           n_jobs: int | None = None, executor=None, storage=MEMORY, seed: int | None = None,
+           direction: str | None = None, pruner=None, *, timeout: float | None = None,
+           callbacks=None, verbose: int = 0, **strategy_options) -> Study:
+    """Search ``space`` for the parameters that optimize ``objective``.
+
+    Parameters
+    ----------
+    objective : callable
+        ``objective(params, trial) -> float``: ``params`` is a dict of values, ``trial``
+        has ``.number``, ``.seed`` (seed the trial's randomness with it), ``.report(value,
+        step)`` and ``.should_prune()``. Raising :class:`TrialPruned` records the trial as
+        pruned; raising anything else, or returning NaN or a non-number, records it as
+        failed with the error, and the search goes on.
+    space : dict
+        Name -> distribution (:class:`LogUniform` for a learning rate,
+        :class:`OneMinusLogUniform` for β, ...) or a constant.
+    strategy : str or Strategy, optional
+        "grid", "random", "coarse_to_fine", "bayes" or "staged" (options for it as keyword
+        arguments, e.g. ``rounds=3``), or a Strategy instance. Default "random" (or, when
+        resuming, the stored one).
+    n_trials : int, optional
+        The study's TOTAL number of trials. When ``storage`` already holds the study, only
+        the missing trials run (a study with 20 finished trials and ``n_trials=30`` runs 10
+        more). Default: the strategy's natural size (a grid's number of points), or the
+        stored number.
+    n_jobs : int, optional
+        Trials in flight at once. Without ``executor``: 1 (the default) runs each trial
+        inline in this process, so lambdas and closures work; more starts a process pool of
+        that size ("spawn" workers, BLAS and OpenMP limited to one thread each; the
+        objective must be picklable: a module-level function). With ``executor``: default
+        the executor's number of workers.
+    executor : concurrent.futures.Executor, optional
+        Runs the trials through its ``submit``, e.g. a Dask cluster's
+        ``client.get_executor()``. It is not shut down.
+    storage : ":memory:" or path
+        An SQLite file: every trial is recorded there as it starts and ends, and a search
+        started again on the same file (after a crash, a kill or Ctrl-C) resumes: finished
+        trials are kept, trials left running run again with the same params and seed.
+    seed : int, optional
+        The study seed; every trial's params and seed follow from it. Default: fresh entropy,
+        stored with the study.
+    direction : "maximize" or "minimize", optional
+        Default "maximize" (or the stored one).
+    pruner : "median", "halving", Pruner or None
+        Stops unpromising trials from their ``trial.report`` values.
+    timeout : float, optional
+        Seconds after which no new trial starts (those in flight finish).
+    callbacks : list of callables, optional
+        ``callback(study, frozen_trial)`` after each trial is recorded.
+    verbose : 0 or 1
+        1 prints one line per finished trial.
+
+    Returns
+    -------
+    Study
+
+    Raises
+    ------
+    ValueError, TypeError
+        On a bad argument, or if ``storage`` holds a study with another space, direction,
+        seed, strategy or pruner.
+    KeyboardInterrupt
+        Re-raised after the search stops dispatching; running trials stay "running" in the
+        storage and run again when the search is resumed.
+
+    Notes
+    -----
+    The same study seed gives the same trials (params and seeds) whatever ``n_jobs`` or
+    executor: a proposal depends only on the seed, the trial number and the trials below
+    the strategy's barrier, which the runner waits for. That holds for every strategy; for
+    "bayes" the Gaussian process is fitted in this process, so the proposals are the same
+    up to floating-point differences between machines. Pruning decisions depend on which
+    trials had finished when a trial started, so with ``n_jobs > 1`` they can differ.
+
+    Examples
+    --------
+    >>> from fastnn import tune
+    >>> study = tune.search(lambda p, t: -(p["x"] - 0.3) ** 2, {"x": tune.Uniform(0, 1)},
+    ...                     n_trials=20, seed=0)
+    >>> abs(study.best_params["x"] - 0.3) < 0.1
+    True
+    """
+    if not callable(objective):
+        raise TypeError(f"objective must be callable as objective(params, trial); got "
+                        f"{objective!r}")
+    if n_jobs is not None:
+        _checks.integer("n_jobs", n_jobs, minimum=1)
+    if n_trials is not None:
+        _checks.integer("n_trials", n_trials, minimum=0)
+    study = create_study(space, strategy, storage=storage, seed=seed, direction=direction,
+                         pruner=pruner, n_trials=n_trials, **strategy_options)
+    study.optimize(objective, n_trials, n_jobs=n_jobs, executor=executor, timeout=timeout,
+                   callbacks=callbacks, verbose=verbose)
+    return study
