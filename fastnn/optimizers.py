@@ -270,8 +270,8 @@ def by_name(name: str) -> type[Optimizer]:
     case: ``"adam"``, ``"adamw"``, ``"sgd"``, ``"rmsprop"``."""
     key = name.lower() if isinstance(name, str) else None
     if key not in _names.OPTIMIZERS:
-        raise ValueError(f"optimizer must be a fastnn.optimizers.Optimizer or one of "
-                         f"{sorted(_names.OPTIMIZERS)}; got {name!r}")
+        raise ValueError(f"optimizer must be one of {sorted(_names.OPTIMIZERS)} (or a "
+                         f"fastnn.optimizers.Optimizer); got {name!r}")
     return _CLASSES[_names.OPTIMIZERS[key]]
 
 

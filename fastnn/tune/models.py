@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import _checks
-from .._names import HYPERPARAMETERS, OPTIMIZERS, first
+from .._names import HYPERPARAMETERS, first
 from ..callbacks import Callback
 from .space import Choice, IntLogUniform, IntUniform, LogUniform, OneMinusLogUniform, Uniform
 from .study import Study, create_study
@@ -61,9 +61,7 @@ def make_optimizer(params: dict, *, epochs: int = 10, kind: str = "adam"):
     from .. import optimizers, schedules
 
     kind = str(params.get("optimizer", kind)).lower()
-    if kind not in OPTIMIZERS:
-        raise ValueError(f"optimizer must be one of {sorted(OPTIMIZERS)}; got {kind!r}")
-    cls = getattr(optimizers, OPTIMIZERS[kind])
+    cls = optimizers.by_name(kind)
     lr = first(params, "lr", cls.__init__.__defaults__[0])
     decay = first(params, "decay")
     if isinstance(decay, str):
