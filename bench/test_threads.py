@@ -24,6 +24,7 @@ threads serialise).
 
 from __future__ import annotations
 
+import os
 import statistics
 import threading
 import time
@@ -132,8 +133,11 @@ def test_two_models_train_concurrently(benchmark):
         benchmark.extra_info.update(
             bench="threads", impl="concurrent", epochs=EPOCHS, models=sorted(MODELS),
             sequential_s=statistics.median(seq_times),
-            concurrent_s=statistics.median(conc_times), speedup=round(speedup, 3))
+            concurrent_s=statistics.median(conc_times), speedup=round(speedup, 3),
+            # A shared host: with the other core busy, two threads can only take turns.
+            loadavg_1min=os.getloadavg()[0])
         out = benchmark.pedantic(_concurrent, args=(X, y), rounds=ROUNDS, iterations=1)
         _assert_same(out, reference)
     print(f"\ntwo models, {EPOCHS} epochs each: sequential {statistics.median(seq_times):.3f} s, "
-          f"concurrent {statistics.median(conc_times):.3f} s, speedup {speedup:.2f}x")
+          f"concurrent {statistics.median(conc_times):.3f} s, speedup {speedup:.2f}x "
+          f"(load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs)")
