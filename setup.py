@@ -1,5 +1,10 @@
 """Declares fastnn's one compiled extension; all metadata lives in pyproject.toml.
 
+The extension's source is a Tempita template, ``fastnn/_kernels.pyx.tp`` (each planned-step
+op class written once per dtype), rendered here at build time to ``fastnn/_kernels.pyx``
+(generated, not committed), plus the C header ``fastnn/_kernels.h`` it includes. Both ship in
+the sdist and, as package data, in the wheel.
+
 Build options (environment variables, off unless set to a non-empty value other than 0):
 
 * ``FASTNN_NATIVE=1``: ``-march=native`` (faster, but the build runs only on CPUs like this one).
@@ -19,7 +24,9 @@ import sys
 from Cython.Distutils import build_ext
 from setuptools import Extension, setup
 
-SOURCE = os.path.join("fastnn", "_kernels.pyx")
+TEMPLATE = os.path.join("fastnn", "_kernels.pyx.tp")
+HEADER = os.path.join("fastnn", "_kernels.h")
+SOURCE = os.path.join("fastnn", "_kernels.pyx")  # rendered from TEMPLATE by BuildExt
 
 
 def _flag(name):
@@ -39,7 +46,13 @@ class BuildExt(build_ext):
         super().finalize_options()
         self.force = True
 
+    def get_source_files(self):
+        # What the sdist ships for the extension: the template and the header, never the
+        # rendered .pyx (a local build leaves one in the tree).
+        return [path for path in super().get_source_files() if path != SOURCE]
+
     def build_extensions(self):
+        _render_template()
         msvc = self.compiler.compiler_type == "msvc"
         for ext in self.extensions:
             if msvc:
@@ -61,11 +74,33 @@ class BuildExt(build_ext):
         super().build_extensions()
 
 
+def _render_template():
+    """Write SOURCE from TEMPLATE (Tempita ships with Cython), if its text changed."""
+    from Cython import Tempita
+
+    with open(TEMPLATE, encoding="utf-8") as fh:
+        template = Tempita.Template(fh.read(), name=TEMPLATE)
+    text = (f"# Generated from {os.path.basename(TEMPLATE)} by setup.py: edit the template, "
+            "not this file.\n" + template.substitute())
+    if os.path.isfile(SOURCE):
+        with open(SOURCE, encoding="utf-8") as fh:
+            if fh.read() == text:
+                return
+    with open(SOURCE, "w", encoding="utf-8") as fh:
+        fh.write(text)
+
+
 def _source_digest():
-    # Baked into the module so that `import fastnn` can tell a stale build
-    # (an editable install whose .pyx changed since it was compiled).
-    with open(SOURCE, "rb") as fh:
-        return hashlib.sha256(fh.read()).hexdigest()
+    # Baked into the module so that `import fastnn` can tell a stale build (an editable
+    # install whose template or header changed since it was compiled). The same digest as
+    # fastnn.ops.backends._stale_reason computes over the files beside the module: sha256
+    # of "<name> <sha256 of its bytes>\n" for each file, in this order.
+    outer = hashlib.sha256()
+    for path in (TEMPLATE, HEADER):
+        with open(path, "rb") as fh:
+            inner = hashlib.sha256(fh.read()).hexdigest()
+        outer.update(f"{os.path.basename(path)} {inner}\n".encode("ascii"))
+    return outer.hexdigest()
 
 
 def _c_string(text):
@@ -75,7 +110,9 @@ def _c_string(text):
 
 extension = Extension(
     "fastnn._kernels",
-    [SOURCE],  # the .pyx itself, so the sdist ships it and builds from it
+    [SOURCE],  # rendered from TEMPLATE just before Cython runs
+    depends=[TEMPLATE, HEADER],
+    include_dirs=[os.path.dirname(HEADER)],  # for `cdef extern from "_kernels.h"`
     define_macros=[
         ("FASTNN_SOURCE_SHA256", _c_string(_source_digest())),
         ("FASTNN_DEBUG_BUILD", "1" if DEBUG else "0"),

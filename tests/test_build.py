@@ -94,20 +94,42 @@ def test_missing_compiled_module_warns_and_falls_back_to_numpy():
     assert lines[3].startswith("refused: the cython backend is unavailable")
 
 
-def test_stale_compiled_module_warns_and_falls_back_to_numpy(tmp_path):
-    # A copy of the installed package whose .pyx no longer matches the compiled module,
-    # as in an editable install edited but not rebuilt.
+def test_kernel_source_ships_beside_the_compiled_module():
+    # The template and the header it includes: what the staleness check hashes.
+    package = Path(fastnn.__file__).parent
+    for name in ("_kernels.pyx.tp", "_kernels.h"):
+        assert (package / name).is_file(), name
+    assert ops.backends._stale_reason(fastnn._kernels) is None
+
+
+@pytest.mark.parametrize("edited", ["_kernels.pyx.tp", "_kernels.h"])
+def test_stale_compiled_module_warns_and_falls_back_to_numpy(tmp_path, edited):
+    # A copy of the installed package whose template or header no longer matches the
+    # compiled module, as in an editable install edited but not rebuilt.
     package = Path(fastnn.__file__).parent
     copy = tmp_path / "fastnn"
     shutil.copytree(package, copy, ignore=shutil.ignore_patterns("__pycache__"))
-    pyx = copy / "_kernels.pyx"
-    source = pyx.read_text() if pyx.exists() else ""
-    pyx.write_text(source + "\n# edited after the build\n")
+    source = copy / edited
+    comment = "edited after the build"
+    comment = f"/* {comment} */" if edited.endswith(".h") else f"# {comment}"
+    source.write_text(source.read_text() + f"\n{comment}\n")
     done = _run(_CHECK_FALLBACK, env={"PYTHONPATH": str(tmp_path)}, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     assert lines[0] == "numpy"
-    assert "older _kernels.pyx than the one beside it" in lines[1]
+    assert "older kernel source (_kernels.pyx.tp, _kernels.h) than the one beside it" in lines[1]
+
+
+def test_missing_kernel_source_is_not_stale(tmp_path):
+    # Without the source beside it (a wheel stripped of package data) there is nothing to
+    # compare with: the compiled module loads.
+    package = Path(fastnn.__file__).parent
+    copy = tmp_path / "fastnn"
+    shutil.copytree(package, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    (copy / "_kernels.h").unlink()
+    done = _run(_CHECK_FALLBACK, env={"PYTHONPATH": str(tmp_path)}, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[0] == "cython"
 
 
 def test_info_lines_report_build_and_blas():

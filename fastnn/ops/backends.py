@@ -71,17 +71,23 @@ class _Backend:
 
 
 def _stale_reason(module) -> str | None:
-    """Why a compiled module does not match the .pyx beside it, or None."""
+    """Why a compiled module does not match the kernel source beside it, or None."""
     built = module.build_info().get("source_sha256", "")
-    source = os.path.join(os.path.dirname(module.__file__), "_kernels.pyx")
-    if not built or not os.path.isfile(source):
-        return None  # an installed wheel ships no source to compare with
-    with open(source, "rb") as fh:
-        current = hashlib.sha256(fh.read()).hexdigest()
-    if current != built:
+    directory = os.path.dirname(module.__file__)
+    names = ("_kernels.pyx.tp", "_kernels.h")  # the template and its header, in this order
+    paths = [os.path.join(directory, name) for name in names]
+    if not built or not all(os.path.isfile(path) for path in paths):
+        return None  # no source beside the module to compare with
+    # The digest setup.py bakes in: sha256 of "<name> <sha256 of its bytes>\n" per file.
+    outer = hashlib.sha256()
+    for name, path in zip(names, paths, strict=True):
+        with open(path, "rb") as fh:
+            outer.update(f"{name} {hashlib.sha256(fh.read()).hexdigest()}\n".encode("ascii"))
+    if outer.hexdigest() != built:
         return (
             f"the compiled module {os.path.basename(module.__file__)} was built from an older "
-            f"_kernels.pyx than the one beside it (an editable install not rebuilt?)"
+            "kernel source (_kernels.pyx.tp, _kernels.h) than the one beside it (an editable "
+            "install not rebuilt?)"
         )
     return None
 

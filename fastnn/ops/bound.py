@@ -81,6 +81,11 @@ def _plan_dtype(name: str, a) -> np.dtype:
     return _FLOAT64 if a.dtype == _FLOAT64 else _FLOAT32
 
 
+def _op_class(kind: str, dtype: np.dtype):
+    """The compiled class of op ``kind`` for ``dtype``: ``GemmOp32`` or ``GemmOp64``, ..."""
+    return getattr(_planning_module(), f"{kind}{64 if dtype is _FLOAT64 else 32}")
+
+
 def _activation_code(activation: str) -> int:
     codes = _planning_module().ACTIVATIONS
     if activation not in codes:
@@ -107,8 +112,7 @@ def plan_gather(X, labels, order, x_out, labels_out):
     order = _live("order", order, None, _INT64, ndim=1)
     _check_outputs([("x_out", x_out), ("labels_out", labels_out)],
                    [("X", X), ("labels", labels), ("order", order)])
-    return _planning_module().GatherOp(X, labels, order, x_out, labels_out,
-                                       dtype is _FLOAT64)
+    return _op_class("GatherOp", dtype)(X, labels, order, x_out, labels_out)
 
 
 def plan_matmul(a, b, out, *, trans_a: bool = False, trans_b: bool = False, bias=None):
@@ -135,12 +139,10 @@ def plan_matmul(a, b, out, *, trans_a: bool = False, trans_b: bool = False, bias
         bias = _live("bias", bias, (n,), dtype)
         inputs.append(("bias", bias))
     _check_outputs([("out", out)], inputs)
-    module = _planning_module()
-    f64 = dtype is _FLOAT64
     if m * k * n > SMALL_GEMM_MAX:
-        return module.MatmulOp(np.matmul, A, B, out, bias, f64)
+        return _op_class("MatmulOp", dtype)(np.matmul, A, B, out, bias)
     bt = np.empty((k, n), dtype) if trans_b else None
-    return module.GemmOp(a, b, out, bias, bool(trans_a), bool(trans_b), bt, f64)
+    return _op_class("GemmOp", dtype)(a, b, out, bias, bool(trans_a), bool(trans_b), bt)
 
 
 def plan_column_sum(d, out):
@@ -149,7 +151,7 @@ def plan_column_sum(d, out):
     d = _live("d", d, None, dtype, ndim=2)
     out = _live("out", out, (d.shape[1],), dtype, writable=True)
     _check_outputs([("out", out)], [("d", d)])
-    return _planning_module().ColumnSumOp(d, out, dtype is _FLOAT64)
+    return _op_class("ColumnSumOp", dtype)(d, out)
 
 
 def plan_activation(y, activation: str, *, alpha: float = 0.0, dout=None):
@@ -164,12 +166,11 @@ def plan_activation(y, activation: str, *, alpha: float = 0.0, dout=None):
     alpha = _checks.real("alpha", alpha, 0.0, 1.0, high_open=True)
     dtype = _plan_dtype("y", y)
     y = _live("y", y, None, dtype, writable=dout is None, ndim=2)
-    module = _planning_module()
     if dout is None:
-        return module.ActivationOp(y, code, alpha, dtype is _FLOAT64)
+        return _op_class("ActivationOp", dtype)(y, code, alpha)
     dout = _live("dout", dout, y.shape, dtype, writable=True)
     _check_outputs([("dout", dout)], [("y", y)])
-    return module.ActivationBackwardOp(y, dout, code, alpha, dtype is _FLOAT64)
+    return _op_class("ActivationBackwardOp", dtype)(y, dout, code, alpha)
 
 
 def plan_batchnorm_train(x, gamma, beta, running_mean, running_var, *, out, cache,
@@ -197,9 +198,9 @@ def plan_batchnorm_train(x, gamma, beta, running_mean, running_var, *, out, cach
                ("running_var", running_var)]
     _check_outputs(outputs, [("x", x), ("gamma", gamma), ("beta", beta)])
     cache.gamma = gamma
-    return _planning_module().BatchNormTrainOp(
+    return _op_class("BatchNormTrainOp", dtype)(
         x, gamma, beta, out, x_hat, mean, inv_std, running_mean,
-        running_var, momentum, eps, code, alpha, dtype is _FLOAT64)
+        running_var, momentum, eps, code, alpha)
 
 
 def _training_cache(cache, shape: tuple, dtype: np.dtype, *, writable: bool) -> tuple:
@@ -250,8 +251,8 @@ def plan_batchnorm_backward(dout, cache, *, dx, dgamma, dbeta, y=None,
     _check_outputs(outputs, inputs + [("dout", dout)])
     if dout_written:
         _check_outputs([("dout", dout)], inputs)
-    return _planning_module().BatchNormTrainBackwardOp(
-        dout, y, x_hat, gamma, inv_std, dx, dgamma, dbeta, code, alpha, dtype is _FLOAT64)
+    return _op_class("BatchNormTrainBackwardOp", dtype)(
+        dout, y, x_hat, gamma, inv_std, dx, dgamma, dbeta, code, alpha)
 
 
 def plan_softmax_cross_entropy(logits, labels, grad, row_loss, *, class_weight=None,
@@ -274,8 +275,8 @@ def plan_softmax_cross_entropy(logits, labels, grad, row_loss, *, class_weight=N
             raise ValueError("class_weight must be finite and non-negative")
         inputs.append(("class_weight", class_weight))
     _check_outputs([("grad", grad), ("row_loss", row_loss)], inputs)
-    return _planning_module().SoftmaxCrossEntropyOp(
-        logits, labels, class_weight, grad, row_loss, label_smoothing, dtype is _FLOAT64)
+    return _op_class("SoftmaxCrossEntropyOp", dtype)(
+        logits, labels, class_weight, grad, row_loss, label_smoothing)
 
 
 def program(ops: list, *, gather=None, loss=None):
@@ -303,6 +304,5 @@ def bind_adam(param, grad, m, v, v_max=None):
     states = [(name, _live(name, a, shape, dtype, writable=True)) for name, a in states]
     _check_states(param, grad, states)
     buffers = [a for _, a in states]
-    return _planning_module().AdamOp(param, grad, buffers[0], buffers[1],
-                                     buffers[2] if v_max is not None else None,
-                                     dtype is _FLOAT64)
+    return _op_class("AdamOp", dtype)(param, grad, buffers[0], buffers[1],
+                                      buffers[2] if v_max is not None else None)

@@ -1,0 +1,178 @@
+/* fastnn's C micro-kernels and build facts, included by _kernels.pyx (generated from
+   _kernels.pyx.tp) with `cdef extern from "_kernels.h"`. Plain C: the float32 exp, the
+   small register-blocked GEMM, the x86-64 target clones and their fallbacks for other
+   compilers. setup.py puts this directory on the include path and hashes this file with
+   the template (FASTNN_SOURCE_SHA256), so editing it makes an old build stale. */
+#ifndef FASTNN_KERNELS_H
+#define FASTNN_KERNELS_H
+
+#include <Python.h>  /* Py_ssize_t */
+#include <stdint.h>  /* int32_t */
+
+#ifdef _OPENMP
+#define FASTNN_HAVE_OPENMP 1
+#else
+#define FASTNN_HAVE_OPENMP 0
+#endif
+#ifndef FASTNN_SOURCE_SHA256
+#define FASTNN_SOURCE_SHA256 ""
+#endif
+#ifndef FASTNN_DEBUG_BUILD
+#define FASTNN_DEBUG_BUILD 0
+#endif
+#ifndef FASTNN_NATIVE
+#define FASTNN_NATIVE 0
+#endif
+#ifdef _OPENMP
+#include <omp.h>
+static int fastnn_max_threads(void) { return omp_get_max_threads(); }
+#else
+static int fastnn_max_threads(void) { return 1; }
+#endif
+
+/* exp(x) in float32 for x <= 0, branch-free so that loops calling it
+   vectorise without -ffast-math. Cody-Waite reduction x = n*ln2 + r,
+   |r| <= ln2/2, then a degree-6 minimax polynomial for exp(r) and an
+   exponent-field scale by 2**n. Relative error below 3e-7 (about 2 ulp)
+   over [-87, 0]; inputs below -87.3 (where exp underflows to a subnormal)
+   give 0. NaN propagates. */
+static inline float fastnn_expf(float x) {
+    const float log2e = 1.44269504088896341f;
+    const float ln2_hi = 0.693145751953125f;
+    const float ln2_lo = 1.42860682030941723212e-6f;
+    const float shifter = 12582912.0f;  /* 1.5 * 2**23: rounds to an integer */
+    float underflow = x < -87.33654f ? 0.0f : 1.0f;
+    float xc = x < -87.33654f ? -87.33654f : x;
+    float t = xc * log2e + shifter;
+    float n = t - shifter;
+    float r = xc - n * ln2_hi;
+    r = r - n * ln2_lo;
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * r * r + r + 1.0f;
+    union { float f; int32_t i; } bits, scale;
+    bits.f = t;
+    scale.i = (bits.i - 0x4B400000 + 127) << 23;
+    return p * scale.f * underflow;
+}
+
+/* e[c] = exp(z[c] - shift) over a row of float32: the one transcendental hot
+   loop. On x86-64 Linux with GCC it is compiled twice (baseline SSE2 and
+   x86-64-v3: AVX2 + FMA) and the loader picks the clone this CPU runs
+   (an ifunc), so the wheel stays portable. e may be z itself. */
+#if defined(__x86_64__) && defined(__linux__) && defined(__GNUC__) && !defined(__clang__) \
+    && !FASTNN_NATIVE && !FASTNN_DEBUG_BUILD
+#define FASTNN_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
+#define FASTNN_HAVE_CLONES 1
+#else
+#define FASTNN_CLONES
+#define FASTNN_HAVE_CLONES 0
+#endif
+FASTNN_CLONES
+static void fastnn_exp_shifted_f32(const float *z, float *e, Py_ssize_t n, float shift) {
+    for (Py_ssize_t c = 0; c < n; c++) {
+        e[c] = fastnn_expf(z[c] - shift);
+    }
+}
+
+/* Small matrix products for planned training steps: c = a @ b (+ bias),
+   a (m, k) with element (i, p) at a[i * rsa + p * csa] (so a may be a transposed
+   row-major array), b (k, n) row stride ldb, c (m, n) row stride ldc. Blocks of 4 rows x 2 vectors of c (16 float32 or 8
+   float64 columns) stay in registers over k: each step loads two vectors of a
+   row of b and broadcasts four entries of a. Partial column blocks go through
+   a zero-padded copy of b's columns; a partial row block through a plain loop.
+   Sums are in the data's dtype, as in BLAS. For products where a BLAS call
+   costs more than the arithmetic (tiny networks); compiled baseline +
+   x86-64-v3 like the exp loop (GCC vector extensions: SSE2 pairs or AVX2). */
+#define FASTNN_GEMM_ROWS 4
+#define FASTNN_GEMM_PACK_K 256
+typedef float fastnn_vf __attribute__((vector_size(32), aligned(4)));
+typedef double fastnn_vd __attribute__((vector_size(32), aligned(8)));
+#define FASTNN_DEFINE_GEMM(T, V, NAME)                                           \
+FASTNN_CLONES                                                                    \
+static void NAME(Py_ssize_t m, Py_ssize_t k, Py_ssize_t n,                       \
+                 const T *a, Py_ssize_t rsa, Py_ssize_t csa,                     \
+                 const T *b, Py_ssize_t ldb,                                     \
+                 T *c, Py_ssize_t ldc, const T *bias) {                          \
+    enum { L = sizeof(V) / sizeof(T), COLS = 2 * L };                            \
+    T pack[FASTNN_GEMM_PACK_K * COLS];                                           \
+    for (Py_ssize_t j0 = 0; j0 < n; j0 += COLS) {                                \
+        Py_ssize_t cols = n - j0 < COLS ? n - j0 : COLS;                         \
+        const T *bb = b + j0;                                                    \
+        Py_ssize_t ldbb = ldb;                                                   \
+        T binit[COLS];                                                           \
+        for (int q = 0; q < COLS; q++)                                           \
+            binit[q] = (bias != NULL && q < cols) ? bias[j0 + q] : (T)0;         \
+        int vector_ok = cols == COLS;                                            \
+        if (!vector_ok && k <= FASTNN_GEMM_PACK_K) {                             \
+            for (Py_ssize_t p = 0; p < k; p++)                                   \
+                for (int q = 0; q < COLS; q++)                                   \
+                    pack[p * COLS + q] = q < cols ? b[p * ldb + j0 + q] : (T)0;  \
+            bb = pack;                                                           \
+            ldbb = COLS;                                                         \
+            vector_ok = 1;                                                       \
+        }                                                                        \
+        Py_ssize_t i0 = 0;                                                       \
+        if (vector_ok) {                                                         \
+            V init0, init1;                                                      \
+            __builtin_memcpy(&init0, binit, sizeof(V));                          \
+            __builtin_memcpy(&init1, binit + L, sizeof(V));                      \
+            for (; i0 + FASTNN_GEMM_ROWS <= m; i0 += FASTNN_GEMM_ROWS) {         \
+                const T *a0 = a + i0 * rsa, *a1 = a0 + rsa;                      \
+                const T *a2 = a1 + rsa, *a3 = a2 + rsa;                          \
+                V c00 = init0, c01 = init1, c10 = init0, c11 = init1;            \
+                V c20 = init0, c21 = init1, c30 = init0, c31 = init1;            \
+                for (Py_ssize_t p = 0; p < k; p++) {                             \
+                    V y0 = *(const V *)(bb + p * ldbb);                          \
+                    V y1 = *(const V *)(bb + p * ldbb + L);                      \
+                    Py_ssize_t pa = p * csa;                                     \
+                    T x0 = a0[pa], x1 = a1[pa], x2 = a2[pa], x3 = a3[pa];        \
+                    c00 += x0 * y0; c01 += x0 * y1;                              \
+                    c10 += x1 * y0; c11 += x1 * y1;                              \
+                    c20 += x2 * y0; c21 += x2 * y1;                              \
+                    c30 += x3 * y0; c31 += x3 * y1;                              \
+                }                                                                \
+                if (cols == COLS) {                                              \
+                    T *r0 = c + i0 * ldc + j0, *r1 = r0 + ldc;                   \
+                    T *r2 = r1 + ldc, *r3 = r2 + ldc;                            \
+                    *(V *)r0 = c00; *(V *)(r0 + L) = c01;                        \
+                    *(V *)r1 = c10; *(V *)(r1 + L) = c11;                        \
+                    *(V *)r2 = c20; *(V *)(r2 + L) = c21;                        \
+                    *(V *)r3 = c30; *(V *)(r3 + L) = c31;                        \
+                    continue;                                                    \
+                }                                                                \
+                T out[FASTNN_GEMM_ROWS][COLS];                                   \
+                __builtin_memcpy(out[0], &c00, sizeof(V));                       \
+                __builtin_memcpy(out[0] + L, &c01, sizeof(V));                   \
+                __builtin_memcpy(out[1], &c10, sizeof(V));                       \
+                __builtin_memcpy(out[1] + L, &c11, sizeof(V));                   \
+                __builtin_memcpy(out[2], &c20, sizeof(V));                       \
+                __builtin_memcpy(out[2] + L, &c21, sizeof(V));                   \
+                __builtin_memcpy(out[3], &c30, sizeof(V));                       \
+                __builtin_memcpy(out[3] + L, &c31, sizeof(V));                   \
+                for (int r = 0; r < FASTNN_GEMM_ROWS; r++)                       \
+                    for (Py_ssize_t q = 0; q < cols; q++)                        \
+                        c[(i0 + r) * ldc + j0 + q] = out[r][q];                  \
+            }                                                                    \
+        }                                                                        \
+        for (; i0 < m; i0++) {                                                   \
+            T acc[COLS];                                                         \
+            for (int q = 0; q < COLS; q++) acc[q] = binit[q];                    \
+            for (Py_ssize_t p = 0; p < k; p++) {                                 \
+                T x = a[i0 * rsa + p * csa];                                     \
+                for (Py_ssize_t q = 0; q < cols; q++)                            \
+                    acc[q] += x * b[p * ldb + j0 + q];                           \
+            }                                                                    \
+            for (Py_ssize_t q = 0; q < cols; q++)                                \
+                c[i0 * ldc + j0 + q] = acc[q];                                   \
+        }                                                                        \
+    }                                                                            \
+}
+FASTNN_DEFINE_GEMM(float, fastnn_vf, fastnn_gemm_f32)
+FASTNN_DEFINE_GEMM(double, fastnn_vd, fastnn_gemm_f64)
+
+#endif  /* FASTNN_KERNELS_H */
