@@ -23,6 +23,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import ops
+from .losses import Loss
 
 _PROBE_ROWS = 2  # the batch size of the dry run that asks whether a model can be planned
 
@@ -35,7 +36,7 @@ def plan_unsupported(model, weights) -> str | None:
         return f"the {ops.get_backend()!r} backend runs per-layer"
     if weights is not None:
         return "sample weights"
-    if not model.fused_softmax:
+    if not model.fused_softmax or type(model.loss).plan_step is Loss.plan_step:
         return "only a fused softmax cross-entropy is planned"
     # A dry run over every layer on a two-row batch: each layer says itself whether it
     # can be planned (binding costs microseconds; nothing runs).

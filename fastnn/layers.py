@@ -143,10 +143,12 @@ class Layer:
         return dout
 
     def infer(self, x: np.ndarray) -> np.ndarray:
-        """Eval-mode output in a new array of ``x``'s dtype (or ``x`` itself for the
-        identity): no buffer shared between calls, so concurrent predictions from many
-        threads are safe. Never writes ``x``."""
-        return x
+        """Eval-mode output for prediction. The built-in layers return a new array of
+        ``x``'s dtype (or ``x`` itself for the identity) and never write ``x``: no buffer
+        is shared between calls, so concurrent predictions from many threads are safe.
+        Default: ``forward(x, training=False)``, which is only as thread-safe as that
+        forward (a layer computing into ``_buffer`` scratch should override this)."""
+        return self.forward(x, False)
 
     # -- planned steps and eval-mode folding ---------------------------------------------
 
@@ -407,19 +409,31 @@ BatchNormalization = BatchNorm
 
 
 class Activation(Layer):
-    """An elementwise nonlinearity. A subclass that a bound kernel computes names it in
-    ``kernel_activation``; planned steps then run it in place on the output of the layer
-    before (or fused into a BatchNorm's op)."""
+    """An elementwise nonlinearity. A class that a bound kernel computes names it in
+    ``kernel_activation`` in its own body; planned steps then run it in place on the
+    output of the layer before (or fused into a BatchNorm's op). A subclass of such a
+    class (which may change ``forward``) runs per-layer and predicts with its own
+    ``forward`` unless it names the kernel again."""
 
     #: The bound kernel's name for this activation (None: planned steps cannot run it).
     kernel_activation: str | None = None
     #: The Dense initialiser that suits it (He for ReLU-like, Glorot otherwise).
     initializer = "glorot"
 
+    def _own_kernel(self) -> bool:
+        return type(self).__dict__.get("kernel_activation") is not None
+
     def planned_activation(self):
-        if self.kernel_activation is None:
+        if not self._own_kernel():
             return None
         return self.kernel_activation, float(getattr(self, "alpha", 0.0))
+
+    def infer(self, x):
+        return self._infer(x) if self._own_kernel() else self.forward(x, False)
+
+    def _infer(self, x):
+        """The built-in eval forward (a new array); see :meth:`Layer.infer`."""
+        return self.forward(x, False)
 
     def plan_step(self, x, x_writable, next_layer):
         act = self.planned_activation()
@@ -447,6 +461,9 @@ class Identity(Activation):
     def backward(self, dout, need_dx=True):
         return dout
 
+    def infer(self, x):
+        return x
+
     def plan_step(self, x, x_writable, next_layer):
         return PlannedStep([], x, lambda d, need_dx: ([], d), writable=x_writable)
 
@@ -466,7 +483,7 @@ class ReLU(Activation):
         self._out = out
         return out
 
-    def infer(self, x):
+    def _infer(self, x):
         return np.maximum(x, x.dtype.type(0))
 
     def backward(self, dout, need_dx=True):
@@ -493,7 +510,7 @@ class LeakyReLU(Activation):
         self._x = x
         return out
 
-    def infer(self, x):
+    def _infer(self, x):
         out = np.multiply(x, self.dtype.type(self.alpha), dtype=x.dtype)
         return np.maximum(x, out, out=out)
 
@@ -520,7 +537,7 @@ class Tanh(Activation):
         self._out = out
         return out
 
-    def infer(self, x):
+    def _infer(self, x):
         return np.tanh(x)
 
     def backward(self, dout, need_dx=True):
@@ -546,7 +563,7 @@ class Sigmoid(Activation):
         self._out = out
         return out
 
-    def infer(self, x):
+    def _infer(self, x):
         half = self.dtype.type(0.5)
         out = np.multiply(x, half, dtype=x.dtype)
         np.tanh(out, out=out)
@@ -624,6 +641,9 @@ class Dropout(Layer):
         np.multiply(dout, self._mask, out=dx)
         dx *= self.dtype.type(1.0 / (1.0 - self.rate))
         return dx
+
+    def infer(self, x):
+        return x  # the identity in eval mode
 
     def fold(self, steps, previous) -> None:
         pass  # the identity in eval mode

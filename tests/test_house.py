@@ -176,3 +176,62 @@ def test_every_estimator_activation_saves_and_loads(name, tmp_path):
     loaded = fastnn.load(os.fspath(path))
     np.testing.assert_allclose(loaded.predict_proba(X), clf.model_.predict_proba(X), rtol=0,
                                atol=0)
+
+
+# ---- the layer protocol: a user's layer is trained and served by its own code ----------
+
+class _Swish(layers.Layer):
+    """A user's layer with forward and backward only (no planned form, no infer)."""
+
+    def forward(self, x, training, rng=None):
+        self._x = x
+        return x / (1.0 + np.exp(-x))
+
+    def backward(self, dout, need_dx=True):
+        s = 1.0 / (1.0 + np.exp(-self._x))
+        return dout * (s + self._x * s * (1.0 - s))
+
+
+class _ClippedReLU(layers.ReLU):
+    """A subclass of a kernel-backed activation that changes forward and backward."""
+
+    def forward(self, x, training, rng=None):
+        self._x = x
+        return np.clip(x, 0.0, 1.0)
+
+    def backward(self, dout, need_dx=True):
+        return dout * ((self._x > 0) & (self._x < 1))
+
+
+@pytest.mark.parametrize("act", [_Swish, _ClippedReLU])
+def test_a_users_layer_predicts_with_its_own_forward(act):
+    from fastnn._plan import plan_unsupported
+
+    X, y = _data()
+    model = fastnn.Sequential([layers.Dense(8), act(), layers.Dense(3), layers.Softmax()],
+                              seed=0, input_dim=5)
+    assert plan_unsupported(model, None) is not None  # its own forward: the per-layer path
+    model.fit(X, y, epochs=2, batch_size=16, verbose=0)
+    h = act().forward(X @ model.layers[0].p["kernel"] + model.layers[0].p["bias"], False)
+    logits = h @ model.layers[2].p["kernel"] + model.layers[2].p["bias"]
+    expected = np.exp(logits - logits.max(axis=1, keepdims=True))
+    expected /= expected.sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(model.predict_proba(X), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_a_loss_without_a_planned_form_trains_per_layer():
+    from fastnn._plan import plan_unsupported
+    from fastnn.losses import SoftmaxCrossEntropy
+
+    class MyLoss(fastnn.losses.Loss):
+        classification = True
+        fuses_softmax = True
+
+        def __call__(self, outputs, targets, grad, **kw):
+            return SoftmaxCrossEntropy()(outputs, targets, grad, **kw)
+
+    X, y = _data()
+    model = fastnn.Sequential(layers.mlp([8], 3), seed=0, input_dim=5, loss=MyLoss())
+    assert plan_unsupported(model, None) == "only a fused softmax cross-entropy is planned"
+    history = model.fit(X, y, epochs=2, batch_size=16, verbose=0)
+    assert np.isfinite(history.history["loss"]).all()

@@ -1,7 +1,7 @@
 """Planned training steps: ``fastnn._plan.TrainPlan``, the ``ops.plan_*`` door, the compiled
 ops behind it, and Adam's bound update.
 
-What must hold (fastnn/_plan.py, the "Planned steps" section of ops.py, DESIGN.md):
+What must hold (fastnn/_plan.py, fastnn/ops/bound.py, DESIGN.md):
 
 * a planned fit trains the model the per-layer path trains: the same kernels, except that
   small products run in fastnn's C GEMM instead of BLAS, so only the last bits of float
