@@ -63,8 +63,16 @@ def _regression(y: np.ndarray, n: int, output_dim: int, dtype: np.dtype, name: s
     targets = np.ascontiguousarray(y, dtype=dtype)
     width = 1 if targets.ndim == 1 else targets.shape[1]
     if targets.ndim > 2 or width != output_dim:
-        raise ValueError(f"{name} must have shape ({n},) or ({n}, {output_dim}) for a "
-                         f"model with {output_dim} outputs; got {y.shape}")
+        shapes = f"({n},) or ({n}, 1)" if output_dim == 1 else f"({n}, {output_dim})"
+        message = (f"{name} must have shape {shapes} for a regressor with {output_dim} "
+                   f"output{'s' if output_dim > 1 else ''}; got {y.shape}")
+        if y.ndim == 1 and output_dim > 1 and (y.dtype.kind in "biu" or np.array_equal(
+                targets, np.round(targets))):
+            message += (f". {name} looks like class labels: this model is a regressor "
+                        "because it does not end with a Softmax layer; end it with Softmax() "
+                        "for classification (or pass float targets of shape "
+                        f"({n}, {output_dim}) for regression)")
+        raise ValueError(message)
     if not np.isfinite(targets).all():
         raise ValueError(f"{name} contains NaN or inf")
     return targets.reshape(n, width), None, targets.ndim == 1

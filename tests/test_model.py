@@ -483,3 +483,18 @@ def test_regressor_targets_shape_round_trip(backend):
     y_nan[0] = np.nan
     with pytest.raises(ValueError, match="y contains NaN or inf"):
         model.fit(X, y_nan, verbose=0)
+
+
+def test_class_labels_for_a_model_without_softmax_say_to_add_one():
+    # A classifier whose last layer is not Softmax is a regressor: the message says so
+    # and names the fix, instead of listing the shape it was given as allowed.
+    model = fastnn.Sequential([Dense(8), ReLU(), Dense(3)], seed=0)
+    with pytest.raises(ValueError, match=r"y must have shape \(40, 3\) for a regressor with 3 "
+                       r"outputs; got \(40,\)\. y looks like class labels: .*end it with "
+                       r"Softmax\(\) for classification"):
+        model.fit(X0, Y0, verbose=0)
+    assert not model.built  # rejected before anything changed
+    one = fastnn.Sequential([Dense(8), ReLU(), Dense(1)], seed=0)
+    with pytest.raises(ValueError, match=r"must have shape \(40,\) or \(40, 1\) for a "
+                       r"regressor with 1 output; got \(40, 2\)$"):
+        one.fit(X0, np.zeros((N, 2)), verbose=0)
