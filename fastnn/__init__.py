@@ -16,6 +16,7 @@ from __future__ import annotations
 import importlib
 
 from . import callbacks, layers, losses, ops, optimizers, schedules
+from ._threads import get_num_threads, set_num_threads, threads
 from ._version import __version__
 from .callbacks import History
 from .model import Sequential
@@ -47,6 +48,7 @@ __all__ = [
     "callbacks",
     "datasets",
     "get_backend",
+    "get_num_threads",
     "layers",
     "load",
     "losses",
@@ -54,4 +56,6 @@ __all__ = [
     "optimizers",
     "schedules",
     "set_backend",
+    "set_num_threads",
+    "threads",
 ]

@@ -150,9 +150,20 @@ def features(name: str, X, n_features: int | None, dtype: np.dtype) -> np.ndarra
 
     ``n_features`` (if not None) is the width the model expects.
     """
+    arr = feature_rows(name, X, n_features)
+    # The one cast of the data to the model's dtype (float64 data into a float32 model is
+    # rounded here, once; nothing is promoted later).
+    arr = np.ascontiguousarray(arr, dtype=dtype)
+    finite(name, arr)
+    return arr
+
+
+def feature_rows(name: str, X, n_features: int | None) -> np.ndarray:
+    """``X`` as a 2-D numeric array of ``n_features`` columns, neither cast nor copied (the
+    caller casts and checks it chunk by chunk, see :func:`finite`)."""
     if X is None:
         raise ValueError(f"{name} is required; got None")
-    arr = np.asarray(X)
+    arr = X if type(X) is np.ndarray else np.asarray(X)
     if arr.dtype.kind not in "biuf":
         raise TypeError(f"{name} must be numeric; got dtype {arr.dtype}")
     if arr.ndim != 2:
@@ -161,13 +172,15 @@ def features(name: str, X, n_features: int | None, dtype: np.dtype) -> np.ndarra
         raise ValueError(f"{name} is empty: got shape {arr.shape}")
     if n_features is not None and arr.shape[1] != n_features:
         raise ValueError(f"{name} has {arr.shape[1]} features; the model expects {n_features}")
-    # The one cast of the data to the model's dtype (float64 data into a float32 model is
-    # rounded here, once; nothing is promoted later).
-    arr = np.ascontiguousarray(arr, dtype=dtype)
+    return arr
+
+
+def finite(name: str, arr: np.ndarray, first_row: int = 0) -> None:
+    """Raise unless every value of ``arr`` (rows ``first_row``... of ``name``) is finite."""
     if not np.isfinite(arr).all():
         bad = np.argwhere(~np.isfinite(arr))[0]
-        raise ValueError(f"{name} contains NaN or inf (first at row {bad[0]}, column {bad[1]})")
-    return arr
+        raise ValueError(f"{name} contains NaN or inf (first at row {first_row + bad[0]}, "
+                         f"column {bad[1]})")
 
 
 def sample_weight(name: str, w, n: int) -> np.ndarray | None:

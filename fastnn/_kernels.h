@@ -81,10 +81,12 @@ static void fastnn_exp_shifted_f32(const float *z, float *e, Py_ssize_t n, float
 
 /* Small matrix products for planned training steps: c = a @ b (+ bias),
    a (m, k) with element (i, p) at a[i * rsa + p * csa] (so a may be a transposed
-   row-major array), b (k, n) row stride ldb, c (m, n) row stride ldc. Blocks of 4 rows x 2 vectors of c (16 float32 or 8
+   row-major array), b (k, n) row stride ldb, c (m, n) row stride ldc. Blocks of 4
+   rows x 2 vectors of c (16 float32 or 8
    float64 columns) stay in registers over k: each step loads two vectors of a
    row of b and broadcasts four entries of a. Partial column blocks go through
-   a zero-padded copy of b's columns; a partial row block through a plain loop.
+   a zero-padded copy of b's columns (a plain loop where k is too long to pack);
+   the last m % 4 rows through the row kernel above.
    Sums are in the data's dtype, as in BLAS. For products where a BLAS call
    costs more than the arithmetic (tiny networks); compiled baseline +
    x86-64-v3 like the exp loop (GCC vector extensions: SSE2 pairs or AVX2). */
@@ -92,6 +94,55 @@ static void fastnn_exp_shifted_f32(const float *z, float *e, Py_ssize_t n, float
 #define FASTNN_GEMM_PACK_K 256
 typedef float fastnn_vf __attribute__((vector_size(32), aligned(4)));
 typedef double fastnn_vd __attribute__((vector_size(32), aligned(8)));
+/* One row of c = a @ b (+ bias): the last m % 4 rows of a product, all of a
+   batch of 1 (a matrix-vector product). Eight vectors of c's columns at a time
+   stay in registers over k (eight independent sums hide the FMA latency); the
+   last columns as independent scalar sums. Each c[j] is summed over k in
+   order, as in the 4-row blocks, so a row's result does not depend on which
+   path computed it. */
+#define FASTNN_DEFINE_GEMM_ROW(T, V, NAME)                                       \
+FASTNN_CLONES                                                                    \
+static void NAME##_row(Py_ssize_t k, Py_ssize_t n, const T *a, Py_ssize_t csa,   \
+                       const T *b, Py_ssize_t ldb, T *c, const T *bias) {        \
+    enum { L = sizeof(V) / sizeof(T), W = 8 * L };                               \
+    Py_ssize_t j0 = 0;                                                           \
+    for (; j0 + W <= n; j0 += W) {                                               \
+        V acc[8];                                                                \
+        for (int v = 0; v < 8; v++) {                                            \
+            if (bias != NULL) __builtin_memcpy(&acc[v], bias + j0 + v * L,       \
+                                               sizeof(V));                       \
+            else for (int q = 0; q < L; q++) acc[v][q] = (T)0;                   \
+        }                                                                        \
+        for (Py_ssize_t p = 0; p < k; p++) {                                     \
+            T x = a[p * csa];                                                    \
+            const T *row = b + p * ldb + j0;                                     \
+            for (int v = 0; v < 8; v++) {                                        \
+                V y;                                                             \
+                __builtin_memcpy(&y, row + v * L, sizeof(V));                    \
+                acc[v] += x * y;                                                 \
+            }                                                                    \
+        }                                                                        \
+        for (int v = 0; v < 8; v++)                                              \
+            __builtin_memcpy(c + j0 + v * L, &acc[v], sizeof(V));                \
+    }                                                                            \
+    if (j0 < n) { /* the last n % W columns: independent sums, column by column */ \
+        Py_ssize_t r = n - j0;                                                   \
+        T acc[W];                                                                \
+        for (Py_ssize_t q = 0; q < r; q++)                                       \
+            acc[q] = bias != NULL ? bias[j0 + q] : (T)0;                         \
+        for (Py_ssize_t p = 0; p < k; p++) {                                     \
+            T x = a[p * csa];                                                    \
+            const T *row = b + p * ldb + j0;                                     \
+            for (Py_ssize_t q = 0; q < r; q++)                                   \
+                acc[q] += x * row[q];                                            \
+        }                                                                        \
+        for (Py_ssize_t q = 0; q < r; q++)                                       \
+            c[j0 + q] = acc[q];                                                  \
+    }                                                                            \
+}
+FASTNN_DEFINE_GEMM_ROW(float, fastnn_vf, fastnn_gemm_f32)
+FASTNN_DEFINE_GEMM_ROW(double, fastnn_vd, fastnn_gemm_f64)
+
 #define FASTNN_DEFINE_GEMM(T, V, NAME)                                           \
 FASTNN_CLONES                                                                    \
 static void NAME(Py_ssize_t m, Py_ssize_t k, Py_ssize_t n,                       \
@@ -159,7 +210,7 @@ static void NAME(Py_ssize_t m, Py_ssize_t k, Py_ssize_t n,                      
                         c[(i0 + r) * ldc + j0 + q] = out[r][q];                  \
             }                                                                    \
         }                                                                        \
-        for (; i0 < m; i0++) {                                                   \
+        for (; i0 < m - m % FASTNN_GEMM_ROWS && !vector_ok; i0++) {              \
             T acc[COLS];                                                         \
             for (int q = 0; q < COLS; q++) acc[q] = binit[q];                    \
             for (Py_ssize_t p = 0; p < k; p++) {                                 \
@@ -171,6 +222,8 @@ static void NAME(Py_ssize_t m, Py_ssize_t k, Py_ssize_t n,                      
                 c[i0 * ldc + j0 + q] = acc[q];                                   \
         }                                                                        \
     }                                                                            \
+    for (Py_ssize_t i = m - m % FASTNN_GEMM_ROWS; i < m; i++)                    \
+        NAME##_row(k, n, a + i * rsa, csa, b, ldb, c + i * ldc, bias);           \
 }
 FASTNN_DEFINE_GEMM(float, fastnn_vf, fastnn_gemm_f32)
 FASTNN_DEFINE_GEMM(double, fastnn_vd, fastnn_gemm_f64)

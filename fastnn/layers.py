@@ -70,6 +70,12 @@ class PlannedStep:
         return self._backward(d, need_dx)
 
 
+def _inference_step(forward: list, output: np.ndarray, *, writable: bool,
+                    fused_next: bool = False) -> PlannedStep:
+    """An eval-mode planned step (:meth:`Layer.plan_infer`): forward ops only."""
+    return PlannedStep(forward, output, None, writable=writable, fused_next=fused_next)
+
+
 class Layer:
     """Base class of all layers.
 
@@ -172,6 +178,14 @@ class Layer:
         into the step before it when ``previous`` produced that step. Default: its own
         forward."""
         steps.append(["layer", self])
+
+    def plan_infer(self, x: np.ndarray, x_writable: bool, next_layer: Layer | None
+                   ) -> PlannedStep | str:
+        """This layer's eval-mode pass on the buffer ``x``, bound once (forward ops only;
+        the arguments are :meth:`plan_step`'s), or a string saying why it predicts
+        through :meth:`infer`. The ops read the live parameter and state views on every
+        run, so a planned prediction always sees the current weights."""
+        return f"{type(self).__name__} layers predict through infer"
 
     # -- description -------------------------------------------------------------------
 
@@ -294,6 +308,12 @@ class Dense(Layer):
         # the backward reads x, never the output: the next layer may overwrite it
         return PlannedStep(forward, out, backward, writable=True)
 
+    def plan_infer(self, x, x_writable, next_layer):
+        out = np.empty((x.shape[0], self.units), self.dtype)
+        bias = self.p["bias"] if self.has_bias else None
+        return _inference_step([ops.plan_matmul(x, self.p["kernel"], out, bias=bias)], out,
+                               writable=True)
+
     def fold(self, steps, previous) -> None:
         kernel = self.p["kernel"].astype(np.float64)
         bias = (self.p["bias"].astype(np.float64) if self.has_bias
@@ -392,6 +412,16 @@ class BatchNorm(Layer):
 
         return PlannedStep(forward, out, backward, writable=False, fused_next=act is not None)
 
+    def plan_infer(self, x, x_writable, next_layer):
+        # the running statistics, read live by the op (not folded into the Dense before)
+        act = next_layer.planned_activation() if next_layer is not None else None
+        name, alpha = act if act is not None else ("identity", 0.0)
+        out = x if x_writable else np.empty_like(x)
+        op = ops.plan_batchnorm_eval(
+            x, self.p["gamma"], self.p["beta"], self.s["running_mean"], self.s["running_var"],
+            out=out, eps=self.eps, activation=name, alpha=alpha)
+        return _inference_step([op], out, writable=True, fused_next=act is not None)
+
     def fold(self, steps, previous) -> None:
         scale, shift = self.scale_shift()
         if steps and steps[-1][0] == "affine" and steps[-1][3] is previous:
@@ -451,6 +481,15 @@ class Activation(Layer):
         return PlannedStep([ops.plan_activation(x, name, alpha=alpha)], x, backward,
                            writable=False)
 
+    def plan_infer(self, x, x_writable, next_layer):
+        act = self.planned_activation()
+        if act is None:
+            return super().plan_infer(x, x_writable, next_layer)
+        if not x_writable:
+            return "an activation on a buffer it may not overwrite"
+        name, alpha = act
+        return _inference_step([ops.plan_activation(x, name, alpha=alpha)], x, writable=True)
+
 
 class Identity(Activation):
     """``x`` unchanged: a linear hidden layer (scikit-learn's ``activation="identity"``)."""
@@ -466,6 +505,9 @@ class Identity(Activation):
 
     def plan_step(self, x, x_writable, next_layer):
         return PlannedStep([], x, lambda d, need_dx: ([], d), writable=x_writable)
+
+    def plan_infer(self, x, x_writable, next_layer):
+        return _inference_step([], x, writable=x_writable)
 
     def fold(self, steps, previous) -> None:
         pass  # nothing to compute in eval mode
@@ -598,6 +640,11 @@ class Softmax(Layer):
     def infer(self, x):
         return ops.softmax(x)
 
+    def plan_infer(self, x, x_writable, next_layer):
+        if not x_writable:
+            return "a Softmax on a buffer it may not overwrite"
+        return _inference_step([ops.plan_softmax(x)], x, writable=True)
+
     def backward(self, dout, need_dx=True):
         # d(softmax)^T dout = p * (dout - sum(dout * p))
         n = dout.shape[0]
@@ -644,6 +691,9 @@ class Dropout(Layer):
 
     def infer(self, x):
         return x  # the identity in eval mode
+
+    def plan_infer(self, x, x_writable, next_layer):
+        return _inference_step([], x, writable=x_writable)
 
     def fold(self, steps, previous) -> None:
         pass  # the identity in eval mode

@@ -15,7 +15,7 @@ import math
 
 import numpy as np
 
-from . import _checks, _targets
+from . import _checks, _infer, _targets
 from . import layers as layers_mod
 from . import losses as losses_mod
 from . import optimizers as optimizers_mod
@@ -58,6 +58,20 @@ def _model_dtype(dtype) -> np.dtype:
         raise TypeError(f"dtype must be 'float32' or 'float64'; got {dtype!r}")
     return _DTYPES[dt.name]
 
+
+
+def _check_output(x: np.ndarray, out: np.ndarray, first_row: int) -> None:
+    """Raise unless the chunk's inputs ``x`` (rows ``first_row``... of X, cast) and
+    outputs are finite: NaN or inf in X, or finite inputs too large for the network's
+    arithmetic (e.g. 3e38 in float32), never give silent NaN predictions."""
+    _checks.finite("X", x, first_row)
+    if not np.isfinite(out).all():
+        row = first_row + int(np.argwhere(~np.isfinite(out))[0][0])
+        big = float(np.max(np.abs(x)))
+        raise ValueError(
+            f"X: the network's outputs overflow to NaN or inf for row {row} (the chunk's "
+            f"inputs reach {big:.3g} in absolute value, too large for {out.dtype} "
+            "arithmetic); scale the features as the training data was scaled")
 
 class Sequential(Trainer):
     """A feed-forward network: layers applied in order.
@@ -184,6 +198,7 @@ class Sequential(Trainer):
     # so the layers' views are dropped and re-bound to the unpickled flat buffers.
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
+        state.pop("_inference_plans", None)  # per-thread buffers: rebuilt on first use
         state["layers"] = [layer.__class__.__new__(layer.__class__) for layer in self.layers]
         for fresh, layer in zip(state["layers"], self.layers, strict=True):
             fresh.__dict__.update(layer.__getstate__())
@@ -247,33 +262,72 @@ class Sequential(Trainer):
 
     def _infer(self, X: np.ndarray, *, logits: bool = False, fold: bool = True,
                dtype=None) -> np.ndarray:
-        """Eval-mode outputs, chunk by chunk (``logits``: without a fused final Softmax).
+        """Eval-mode outputs of the rows of ``X`` (``logits``: without a fused final
+        Softmax), a new array of the model's dtype.
 
-        ``fold=False`` runs the layers one by one instead (BatchNorm unfolded): the same
-        result within float tolerance, kept for testing the folded path. ``dtype``
-        (folded path only) computes in another precision, e.g. float64 predictions from
-        a float32 model, whose rows then do not depend on the rest of the batch even to
-        the last float32 bit.
+        ``X`` is any 2-D numeric array of the model's width (see
+        :func:`fastnn._checks.feature_rows`): it is cast to the model's dtype and checked
+        finite chunk by chunk, so working memory does not grow with the rows. On the
+        cython backend the pass is planned (:mod:`fastnn._infer`); otherwise the layers'
+        ``infer`` run one by one with each BatchNorm folded into the Dense before it.
+        ``fold=False`` runs every layer's ``infer`` (BatchNorm unfolded): the same result
+        within float tolerance, kept for testing. ``dtype`` computes in another precision
+        (folded path), e.g. float64 predictions from a float32 model, whose rows then do
+        not depend on the rest of the batch even to the last float32 bit.
         """
-        width = self._train_layers[-1].output_dim if logits else self.output_dim
-        if dtype is not None and fold:
-            X = np.ascontiguousarray(X, dtype=dtype)
-        out = np.empty((X.shape[0], width), X.dtype if dtype is not None and fold else self.dtype)
-        plan = self._inference_plan(logits, dtype) if fold else [
-            ("layer", layer) for layer in (self._train_layers if logits else self.layers)]
-        for start in range(0, X.shape[0], _PREDICT_CHUNK):
-            h = X[start:start + _PREDICT_CHUNK]
-            for kind, *args in plan:
-                if kind == "affine":
-                    h = h @ args[0]
-                    h += args[1]
-                elif kind == "scale":
-                    h = h * args[0]
-                    h += args[1]
-                else:
-                    h = args[0].infer(h)  # a new array: safe from many threads at once
-            out[start:start + _PREDICT_CHUNK] = h
+        n = X.shape[0]
+        plans = self._plans if fold and dtype is None else None
+        if plans is not None:
+            plan = plans.get(self, min(n, _PREDICT_CHUNK), logits)
+            if plan is not None and n <= _PREDICT_CHUNK:  # the common case: one chunk
+                out = plan.run(X)
+                if out is None:
+                    _check_output(plan.x, plan.out, 0)
+                return out.copy()
+        out = None
+        for start in range(0, n, _PREDICT_CHUNK):
+            rows = X[start:start + _PREDICT_CHUNK]
+            if plans is not None:
+                plan = plans.get(self, rows.shape[0], logits)
+            if plans is not None and plan is not None:
+                h = plan.run(rows)
+                if h is None:
+                    _check_output(plan.x, plan.out, start)
+            else:
+                x = np.ascontiguousarray(rows, dtype=self.dtype if dtype is None else dtype)
+                h = self._infer_layers(x, logits, fold)
+                _check_output(x, h, start)
+            if out is None:
+                out = np.empty((n, h.shape[1]), h.dtype)
+            out[start:start + rows.shape[0]] = h
         return out
+
+    def _infer_layers(self, x: np.ndarray, logits: bool, fold: bool) -> np.ndarray:
+        """The eval-mode pass through the layers' ``infer`` (folded: BatchNorm merged)."""
+        if fold:
+            plan = self._inference_plan(logits, x.dtype)
+        else:
+            plan = [("layer", layer) for layer in (self._train_layers if logits else
+                                                   self.layers)]
+        h = x
+        for kind, *args in plan:
+            if kind == "affine":
+                h = h @ args[0]
+                h += args[1]
+            elif kind == "scale":
+                h = h * args[0]
+                h += args[1]
+            else:
+                h = args[0].infer(h)  # a new array: safe from many threads at once
+        return h
+
+    @property
+    def _plans(self):
+        """This model's planned inference passes, per thread (see :mod:`fastnn._infer`)."""
+        plans = self.__dict__.get("_inference_plans")
+        if plans is None:
+            plans = self.__dict__["_inference_plans"] = _infer.Plans()
+        return plans
 
     def _require_built(self) -> None:
         if not self.built:
@@ -285,8 +339,7 @@ class Sequential(Trainer):
         if not self.loss.classification:
             raise TypeError("predict_proba needs a classifier (a cross-entropy loss); "
                             "this model is a regressor: use predict")
-        X = _checks.features("X", X, self.input_dim, self.dtype)
-        out = self._infer(X)
+        out = self._infer(_checks.feature_rows("X", X, self.input_dim))
         if not self.layers[-1].softmax:
             from . import ops
             out = ops.softmax(out, out=out)
@@ -299,8 +352,7 @@ class Sequential(Trainer):
             probs = self.predict_proba(X)
             index = np.argmax(probs, axis=1)
             return index if self.classes_ is None else self.classes_[index]
-        X = _checks.features("X", X, self.input_dim, self.dtype)
-        out = self._infer(X)
+        out = self._infer(_checks.feature_rows("X", X, self.input_dim))
         return out[:, 0] if out.shape[1] == 1 and self._targets_1d else out
 
     _targets_1d = True
@@ -308,7 +360,7 @@ class Sequential(Trainer):
     def evaluate(self, X, y, *, sample_weight=None) -> dict:
         """Loss (and accuracy for a classifier) in eval mode: ``{"loss": ..., "accuracy": ...}``."""
         self._require_built()
-        X = _checks.features("X", X, self.input_dim, self.dtype)
+        X = _checks.feature_rows("X", X, self.input_dim)
         targets, _, _ = _targets.encode(y, X.shape[0], classification=self.loss.classification,
                                         output_dim=self.output_dim, dtype=self.dtype,
                                         classes=self.classes_)

@@ -32,8 +32,9 @@ from .arrays import (
 from .calls import BatchNormCache, _check_states
 
 __all__ = ["SMALL_GEMM_MAX", "bind_adam", "can_plan", "plan_activation",
-           "plan_batchnorm_backward", "plan_batchnorm_train", "plan_column_sum",
-           "plan_gather", "plan_matmul", "plan_softmax_cross_entropy", "program"]
+           "plan_batchnorm_backward", "plan_batchnorm_eval", "plan_batchnorm_train",
+           "plan_column_sum", "plan_finite", "plan_gather", "plan_matmul", "plan_softmax",
+           "plan_softmax_cross_entropy", "program"]
 
 _INF = math.inf
 
@@ -203,6 +204,40 @@ def plan_batchnorm_train(x, gamma, beta, running_mean, running_var, *, out, cach
         running_var, momentum, eps, code, alpha)
 
 
+
+def plan_batchnorm_eval(x, gamma, beta, running_mean, running_var, *, out,
+                        eps: float = 1e-5, activation: str = "identity", alpha: float = 0.0):
+    """Bound op: eval-mode :func:`batchnorm_forward` from the running statistics, then
+    ``activation`` on ``out`` in place. ``out`` may be ``x`` itself (in place). Every run
+    reads the live gamma, beta and running statistics: nothing is folded or copied, so
+    the op never goes stale when the weights change."""
+    code = _activation_code(activation)
+    alpha = _checks.real("alpha", alpha, 0.0, 1.0, high_open=True)
+    eps = _checks.real("eps", eps, 0.0, _INF, low_open=True, high_open=True)
+    dtype = _plan_dtype("x", x)
+    x = _live("x", x, None, dtype, ndim=2)
+    dim = x.shape[1]
+    vec = (dim,)
+    gamma, beta = _live("gamma", gamma, vec, dtype), _live("beta", beta, vec, dtype)
+    running_mean = _live("running_mean", running_mean, vec, dtype)
+    running_var = _live("running_var", running_var, vec, dtype)
+    out = _live("out", out, x.shape, dtype, writable=True)
+    mean, inv_std = np.empty(dim, dtype), np.empty(dim, dtype)  # the op's own scratch
+    inputs = [("gamma", gamma), ("beta", beta), ("running_mean", running_mean),
+              ("running_var", running_var)]
+    _check_outputs([("out", out)], inputs if out is x else [("x", x), *inputs])
+    return _op_class("BatchNormEvalOp", dtype)(
+        x, gamma, beta, running_mean, running_var, out, mean, inv_std, eps, code, alpha)
+
+
+def plan_softmax(z):
+    """Bound op: row softmax of ``z`` in place (the row max subtracted)."""
+    dtype = _plan_dtype("z", z)
+    z = _live("z", z, None, dtype, writable=True, ndim=2)
+    if z.shape[1] < 1:
+        raise ValueError(f"z must have at least one column; got shape {z.shape}")
+    return _op_class("SoftmaxOp", dtype)(z)
+
 def _training_cache(cache, shape: tuple, dtype: np.dtype, *, writable: bool) -> tuple:
     """A training BatchNormCache's (x_hat, mean, inv_std), checked as live arrays."""
     if not isinstance(cache, BatchNormCache) or not cache.training:
@@ -278,6 +313,11 @@ def plan_softmax_cross_entropy(logits, labels, grad, row_loss, *, class_weight=N
     return _op_class("SoftmaxCrossEntropyOp", dtype)(
         logits, labels, class_weight, grad, row_loss, label_smoothing)
 
+
+def plan_finite(z):
+    """Bound op: after a run, its ``finite`` says whether every value of ``z`` is finite."""
+    dtype = _plan_dtype("z", z)
+    return _op_class("FiniteOp", dtype)(_live("z", z, None, dtype, ndim=2))
 
 def program(ops: list, *, gather=None, loss=None):
     """The ops of one planned pass, run in order by ``Program.run(start)``, which returns

@@ -1,0 +1,114 @@
+"""Planned inference: a model's eval-mode pass bound once per thread and batch size.
+
+``predict`` on one row used to re-fold every BatchNorm into its Dense and call NumPy a
+dozen times; the arithmetic was a small part of its time. Here, as for training
+(:mod:`fastnn._plan`), each layer binds its eval-mode pass once
+(:meth:`fastnn.layers.Layer.plan_infer`): the Dense product with its bias, the BatchNorm
+from the live running statistics with the next activation fused, the final softmax in
+place. A prediction is then a copy of the rows into the plan's input buffer, one call
+that runs every op, and a copy of the output.
+
+The ops read the model's live parameter and state views on every run, so a plan never
+goes stale: ``fit``, ``set_weights`` and in-place edits of the weights are seen by the
+next prediction. A plan belongs to one thread (its buffers are written by every run),
+so concurrent predictions from many threads never share a buffer; each thread keeps
+plans for its last few batch sizes. Anything a layer cannot plan (a user's layer, the
+NumPy backend) predicts through the layers' ``infer`` instead.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+
+from . import _threads, ops
+
+_PLANS_PER_THREAD = 8  # batch sizes whose plans a thread keeps (least recently used go)
+
+
+class InferencePlan:
+    """The eval-mode pass of ``model`` on ``n`` rows (``logits``: without a fused final
+    Softmax), bound to buffers of its own: ``run(rows)`` returns the output buffer."""
+
+    __slots__ = ("x", "out", "program", "threads", "params", "checks")
+
+    def __init__(self, model, n: int, logits: bool) -> None:
+        self.params = model._params  # the buffers it is bound to (a rebuild replaces them)
+        self.x = np.empty((n, model.input_dim), model.dtype)
+        steps = layer_steps(model, self.x, logits)
+        if isinstance(steps, str):
+            raise ValueError(f"this model cannot plan its inference: {steps}")
+        self.out = steps[-1].output if steps else self.x
+        # the inputs and the outputs checked finite inside the same call
+        self.checks = (ops.plan_finite(self.x), ops.plan_finite(self.out))
+        self.program = ops.program([self.checks[0], *(op for step in steps
+                                                      for op in step.forward),
+                                    self.checks[1]])
+        widest = max((layer.input_dim * layer.units for layer in model.layers
+                      if layer.units is not None), default=0)
+        macs = n * widest
+        # fastnn's own C loop computes the small products (no BLAS threads involved)
+        self.threads = 0 if macs <= ops.SMALL_GEMM_MAX else _threads.threads_for(macs)
+
+    def run(self, rows: np.ndarray) -> np.ndarray:
+        """The outputs for ``rows`` (in the plan's own buffer, overwritten by the next
+        run); None if an input or an output is not finite (the caller says which)."""
+        np.copyto(self.x, rows, casting="same_kind")  # the chunk's one cast
+        if self.threads:
+            with _threads.limited(self.threads):
+                self.program.run(0)
+        else:
+            self.program.run(0)
+        return self.out if self.checks[1].finite and self.checks[0].finite else None
+
+
+def layer_steps(model, x, logits: bool) -> list | str:
+    """Each layer's eval-mode PlannedStep on buffer ``x``, or why one cannot plan."""
+    layers = model._train_layers if logits else model.layers
+    steps = []
+    writable = True  # the input buffer is the plan's own
+    i = 0
+    while i < len(layers):
+        nxt = layers[i + 1] if i + 1 < len(layers) else None
+        step = layers[i].plan_infer(x, writable, nxt)
+        if isinstance(step, str):
+            return step
+        steps.append(step)
+        x, writable = step.output, step.writable
+        i += 2 if step.fused_next else 1
+    return steps
+
+
+class Plans(threading.local):
+    """Per-thread plans of one model, by (batch size, logits)."""
+
+    def __init__(self) -> None:
+        self.by_key: dict[tuple, InferencePlan] = {}
+        self.unsupported: dict[bool, str | None] = {}
+
+    def get(self, model, n: int, logits: bool) -> InferencePlan | None:
+        """The plan for ``n`` rows, built on first use; None if the model cannot plan."""
+        if not ops.can_plan():  # the backend can change between calls
+            return None
+        key = (n, logits)
+        plan = self.by_key.get(key)
+        if plan is not None and plan.params is model._params:
+            return plan
+        why = self.unsupported.get(logits, False)
+        if why is False:
+            why = self.unsupported[logits] = unsupported(model, logits)
+        if why is not None:
+            return None
+        if len(self.by_key) >= _PLANS_PER_THREAD:
+            del self.by_key[next(iter(self.by_key))]
+        plan = self.by_key[key] = InferencePlan(model, n, logits)
+        return plan
+
+
+def unsupported(model, logits: bool) -> str | None:
+    """Why ``model`` cannot plan its inference (None if it can): a dry run on one row."""
+    if not ops.can_plan():
+        return f"the {ops.get_backend()!r} backend predicts per layer"
+    built = layer_steps(model, np.zeros((1, model.input_dim), model.dtype), logits)
+    return built if isinstance(built, str) else None

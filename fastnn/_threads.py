@@ -1,0 +1,161 @@
+"""fastnn's thread policy: how many BLAS threads its matrix products may use.
+
+OpenBLAS starts one thread per core and decides per call whether to use them; on a small
+product, or on a 2-core machine whose other core is busy, its extra thread spins on a
+core it does not get and the product runs several times slower. fastnn therefore
+decides itself, per call of its own: a product of fewer than :data:`PARALLEL_MIN_MACS`
+multiply-adds runs on one thread; a larger one on :func:`get_num_threads` threads. The
+limit holds only while fastnn computes (``fit``, ``predict``, ``evaluate``): the BLAS
+setting of the rest of the program is restored afterwards.
+
+The number of threads is ``set_num_threads(n)``, else the ``FASTNN_NUM_THREADS``
+environment variable, else the cores this process may run on. The limits are set
+through threadpoolctl's controller (a dependency of fastnn); without a BLAS that it
+can control, fastnn leaves the threads alone and ``fastnn info`` says so.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import warnings
+from contextlib import contextmanager
+
+__all__ = ["PARALLEL_MIN_MACS", "get_num_threads", "set_num_threads", "threads"]
+
+#: Products below this many multiply-adds (about 0.2 ms on one core) run on one thread:
+#: below it, waking a second thread costs more than it saves.
+PARALLEL_MIN_MACS = 1 << 22
+
+_ENV = "FASTNN_NUM_THREADS"
+_setting: int | None = None  # set_num_threads; None: the environment, else every core
+_lock = threading.Lock()
+_depth = 0  # fastnn calls computing now (in any thread)
+_saved: list = []  # (controller, its thread count) to restore when the last one ends
+_controllers = None  # threadpoolctl's BLAS controllers, found once
+
+
+def _cores() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def _from_environment() -> int | None:
+    text = os.environ.get(_ENV, "").strip()
+    if not text:
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        warnings.warn(f"{_ENV} must be a whole number >= 1; got {text!r}: ignored",
+                      RuntimeWarning, stacklevel=3)
+        return None
+    return value
+
+
+def set_num_threads(n: int | None) -> None:
+    """Use at most ``n`` threads for fastnn's large matrix products (None: the default,
+    ``FASTNN_NUM_THREADS`` or else every core this process may use).
+
+    Small products always run on one thread (see :data:`PARALLEL_MIN_MACS`).
+    """
+    global _setting
+    if n is not None:
+        from . import _checks
+
+        n = _checks.integer("n", n, minimum=1)
+    _setting = n
+
+
+def get_num_threads() -> int:
+    """The most threads fastnn's large matrix products use (see :func:`set_num_threads`)."""
+    if _setting is not None:
+        return _setting
+    env = _from_environment()
+    return env if env is not None else _cores()
+
+
+@contextmanager
+def threads(n: int | None):
+    """``with fastnn.threads(n):`` fastnn uses at most ``n`` threads inside the block."""
+    global _setting
+    previous = _setting
+    set_num_threads(n)
+    try:
+        yield
+    finally:
+        _setting = previous
+
+
+def threads_for(macs: int) -> int:
+    """The BLAS threads for a product of ``macs`` multiply-adds."""
+    return 1 if macs < PARALLEL_MIN_MACS else get_num_threads()
+
+
+def _blas():
+    global _controllers
+    if _controllers is None:
+        try:
+            from threadpoolctl import ThreadpoolController
+        except ImportError:
+            _controllers = []
+        else:
+            _controllers = ThreadpoolController().select(user_api="blas").lib_controllers
+    return _controllers
+
+
+@contextmanager
+def limited(n: int):
+    """BLAS limited to ``n`` threads inside the block (for every thread of the process).
+
+    Nested and concurrent blocks share one limit: the first to enter sets it, the last
+    to leave restores what the program had. (A concurrent block asking for a different
+    count runs under the first one's: the limit is process-wide in BLAS itself.)
+    """
+    _enter(n)
+    try:
+        yield
+    finally:
+        _leave()
+
+
+def _enter(n: int) -> None:
+    global _depth, _saved
+    with _lock:
+        if _depth == 0:
+            controllers = _blas()
+            _saved = [(c, c.num_threads) for c in controllers]
+            for c, had in _saved:
+                if had != n:
+                    c.set_num_threads(n)
+        _depth += 1
+
+
+def _leave() -> None:
+    global _depth, _saved
+    with _lock:
+        _depth -= 1
+        if _depth == 0:
+            for c, had in _saved:
+                if c.num_threads != had:
+                    c.set_num_threads(had)
+            _saved = []
+
+
+def info() -> dict:
+    """The policy as ``fastnn info`` reports it."""
+    controllers = _blas()
+    source = ("set_num_threads" if _setting is not None
+              else _ENV if _from_environment() is not None else "cores")
+    return {
+        "threads": get_num_threads(),
+        "source": source,
+        "cores": _cores(),
+        "parallel_min_macs": PARALLEL_MIN_MACS,
+        "blas": [f"{c.internal_api} {c.version} ({c.num_threads} threads outside fastnn)"
+                 for c in controllers] or ["none that threadpoolctl can limit"],
+    }
