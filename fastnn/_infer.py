@@ -45,9 +45,7 @@ class InferencePlan:
         self.program = ops.program([self.checks[0], *(op for step in steps
                                                       for op in step.forward),
                                     self.checks[1]])
-        widest = max((layer.input_dim * layer.units for layer in model.layers
-                      if layer.units is not None), default=0)
-        macs = n * widest
+        macs = n * _threads.macs_per_row(model.layers)
         # fastnn's own C loop computes the small products (no BLAS threads involved)
         self.threads = 0 if macs <= ops.SMALL_GEMM_MAX else _threads.threads_for(macs)
 

@@ -21,7 +21,8 @@ import threading
 import warnings
 from contextlib import contextmanager
 
-__all__ = ["PARALLEL_MIN_MACS", "get_num_threads", "set_num_threads", "threads"]
+__all__ = ["PARALLEL_MIN_MACS", "get_num_threads", "limited", "macs_per_row",
+           "set_num_threads", "threads", "threads_for"]
 
 #: Products below this many multiply-adds (about 0.2 ms on one core) run on one thread:
 #: below it, waking a second thread costs more than it saves.
@@ -89,6 +90,12 @@ def threads(n: int | None):
         yield
     finally:
         _setting = previous
+
+
+def macs_per_row(layers) -> int:
+    """Multiply-adds of the largest matrix product per row of a batch (built layers)."""
+    return max((layer.input_dim * layer.units for layer in layers if layer.units is not None),
+               default=0)
 
 
 def threads_for(macs: int) -> int:

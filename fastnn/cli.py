@@ -20,7 +20,7 @@ import time
 
 import numpy as np
 
-from . import __version__, _names, ops
+from . import __version__, _names, _threads, ops
 
 
 def _blas_summary() -> str:
@@ -63,8 +63,14 @@ def info_lines() -> list[str]:
         ]
     lines.append(f"numpy {np.__version__}, BLAS: {_blas_summary()}")
     lines += ["  " + p for p in _threadpools()]
-    cores = os.cpu_count()
-    lines.append(f"cpu cores: {cores}")
+    policy = _threads.info()
+    lines += [
+        f"cpu cores: {os.cpu_count()} ({policy['cores']} usable by this process)",
+        f"fastnn threads: {policy['threads']} (from {policy['source']}; set with "
+        f"FASTNN_NUM_THREADS or fastnn.set_num_threads), for matrix products of "
+        f">= {policy['parallel_min_macs']:,} multiply-adds; smaller ones run on 1",
+    ]
+    lines += [f"  limits {b}" for b in policy["blas"]]
     return lines
 
 

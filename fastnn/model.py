@@ -295,7 +295,9 @@ class Sequential(Trainer):
                     _check_output(plan.x, plan.out, start)
             else:
                 x = np.ascontiguousarray(rows, dtype=self.dtype if dtype is None else dtype)
-                h = self._infer_layers(x, logits, fold)
+                _checks.finite("X", x, start)
+                with np.errstate(over="ignore", invalid="ignore"):  # refused just below
+                    h = self._infer_layers(x, logits, fold)
                 _check_output(x, h, start)
             if out is None:
                 out = np.empty((n, h.shape[1]), h.dtype)

@@ -21,7 +21,7 @@ import warnings
 
 import numpy as np
 
-from . import _checks, _targets
+from . import _checks, _targets, _threads
 from . import optimizers as optimizers_mod
 from ._plan import TrainPlan, plan_unsupported
 from .callbacks import Callback, History, ProgressBar
@@ -197,8 +197,11 @@ class Trainer:
         elif model.train_seed is None:
             model.train_seed = model.seed if model.seed is not None else int(
                 np.random.SeedSequence().entropy % (2**63))
-        return _run(model, X, targets, weights, val, epochs, batch_size, shuffle, callbacks,
-                    verbose, has_bn)
+        # BLAS threads by the size of a batch's largest product (see fastnn._threads)
+        threads = _threads.threads_for(min(batch_size, n) * _threads.macs_per_row(model.layers))
+        with _threads.limited(threads):
+            return _run(model, X, targets, weights, val, epochs, batch_size, shuffle,
+                        callbacks, verbose, has_bn)
 
 
 class _Buffers:

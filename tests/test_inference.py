@@ -1,0 +1,364 @@
+"""Planned inference (fastnn._infer) and the thread policy (fastnn._threads).
+
+The planned pass must give the layers' own eval forward (within float tolerance), see
+every change of the weights at once (it binds the live views: nothing folded can go
+stale), keep per-thread buffers, check its inputs and outputs, and fall back wherever a
+layer or the backend cannot plan.
+"""
+
+from __future__ import annotations
+
+import copy
+import pickle
+import threading
+
+import numpy as np
+import pytest
+from threadpoolctl import ThreadpoolController
+
+import fastnn
+from fastnn import Sequential, _threads, ops
+from fastnn import layers as L
+from fastnn.callbacks import Callback
+
+TOL = {np.float32: {"rtol": 2e-5, "atol": 2e-6}, np.float64: {"rtol": 1e-12, "atol": 1e-12}}
+
+ARCHITECTURES = {
+    "bn-relu": lambda: L.mlp([24, 16], 5),
+    "relu-no-bn": lambda: L.mlp([24], 5, batch_norm=False),
+    "bn-tanh-dropout": lambda: L.mlp([20, 12], 4, activation="tanh", dropout=0.3),
+    "sigmoid": lambda: L.mlp([16], 3, activation="sigmoid"),
+    "leaky": lambda: [L.Dense(16), L.BatchNorm(), L.LeakyReLU(0.2), L.Dense(4), L.Softmax()],
+    "identity": lambda: L.mlp([16], 3, activation="identity"),
+    "bn-after-activation": lambda: [L.Dense(16), L.ReLU(), L.BatchNorm(), L.Dense(3),
+                                    L.Softmax()],
+    "regressor": lambda: [L.Dense(16), L.BatchNorm(), L.ReLU(), L.Dense(2)],
+}
+
+
+def _trained(name, dtype, n_features=10, seed=0):
+    rng = np.random.default_rng(seed)
+    model = Sequential(ARCHITECTURES[name](), dtype=dtype, seed=seed)
+    X = rng.standard_normal((96, n_features))
+    if model.loss.classification:
+        y = rng.integers(0, model.static_output_dim(), 96)
+    else:
+        y = rng.standard_normal((96, model.static_output_dim()))
+    model.fit(X, y, epochs=2, batch_size=16, verbose=0)
+    return model, rng
+
+
+def _unfolded(model, X):
+    """The layers' own eval forward, one by one (the reference)."""
+    return model._infer(np.ascontiguousarray(X, dtype=model.dtype), fold=False)
+
+
+@pytest.mark.parametrize("name", sorted(ARCHITECTURES))
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
+def test_planned_pass_equals_the_layers_forward(name, dtype):
+    model, rng = _trained(name, dtype)
+    assert model._plans.get(model, 3, False) is not None, "this model should plan"
+    for n in (1, 2, 3, 4, 5, 7, 33):
+        X = rng.standard_normal((n, 10))
+        np.testing.assert_allclose(model._infer(X), _unfolded(model, X), **TOL[dtype])
+
+
+def test_planned_pass_equals_the_numpy_backend(dtype):
+    model, rng = _trained("bn-relu", dtype)
+    X = rng.standard_normal((50, 10))
+    planned = model.predict_proba(X)
+    with fastnn.backend("numpy"):
+        assert model._plans.get(model, 50, False) is None  # the numpy backend never plans
+        reference = model.predict_proba(X)
+    np.testing.assert_allclose(planned, reference, **TOL[dtype])
+
+
+def test_more_rows_than_a_chunk_are_predicted_chunk_by_chunk(monkeypatch):
+    from fastnn import model as model_mod
+
+    model, rng = _trained("bn-relu", np.float32)
+    X = rng.standard_normal((23, 10))
+    whole = model.predict_proba(X)
+    monkeypatch.setattr(model_mod, "_PREDICT_CHUNK", 5)  # chunks of 5, 5, 5, 5 and 3 rows
+    np.testing.assert_allclose(model.predict_proba(X), whole, **TOL[np.float32])
+    np.testing.assert_array_equal(model.predict(X), np.argmax(whole, axis=1))
+
+
+def test_a_prediction_sees_new_weights_at_once():
+    model, rng = _trained("bn-relu", np.float32)
+    X = rng.standard_normal((4, 10))
+    before = model.predict_proba(X)  # builds and keeps the plan
+    # set_weights, an in-place edit of a kernel view and of a running statistic
+    weights = model.get_weights()
+    weights[0] = weights[0] * 0.5
+    model.set_weights(weights)
+    after = model.predict_proba(X)
+    assert not np.allclose(after, before)
+    np.testing.assert_allclose(after, _unfolded(model, X), **TOL[np.float32])
+    model.layers[0].p["kernel"][:] *= 2.0
+    model.layers[1].s["running_var"][:] *= 3.0
+    np.testing.assert_allclose(model.predict_proba(X), _unfolded(model, X), **TOL[np.float32])
+    # more training changes every weight and statistic: still seen
+    y = rng.integers(0, 5, 96)
+    model.fit(rng.standard_normal((96, 10)), y, epochs=1, verbose=0)
+    np.testing.assert_allclose(model.predict_proba(X), _unfolded(model, X), **TOL[np.float32])
+
+
+def test_a_rebuilt_model_gets_new_plans():
+    model, rng = _trained("bn-relu", np.float32)
+    X = rng.standard_normal((3, 10))
+    model.predict_proba(X)
+    old = model._plans.get(model, 3, False)
+    model.build(10)  # fresh buffers, fresh initialisation
+    new = model._plans.get(model, 3, False)
+    assert new is not old and new.params is model._params
+    np.testing.assert_allclose(model.predict_proba(X), _unfolded(model, X), **TOL[np.float32])
+
+
+def test_copies_and_pickles_of_a_model_that_predicted():
+    model, rng = _trained("bn-relu", np.float32)
+    X = rng.standard_normal((6, 10))
+    expected = model.predict_proba(X)
+    for clone in (pickle.loads(pickle.dumps(model)), copy.deepcopy(model)):
+        np.testing.assert_array_equal(clone.predict_proba(X), expected)
+        clone.layers[0].p["kernel"][:] = 0.0  # the clone's buffers are its own
+    np.testing.assert_array_equal(model.predict_proba(X), expected)
+
+
+def test_each_thread_predicts_into_its_own_buffers():
+    model, rng = _trained("bn-relu", np.float32)
+    X = rng.standard_normal((8, 10))
+    mine = model._plans.get(model, 8, False)
+    theirs = []
+    thread = threading.Thread(target=lambda: theirs.append(model._plans.get(model, 8, False)))
+    thread.start()
+    thread.join()
+    assert theirs[0] is not mine
+    assert not np.shares_memory(theirs[0].x, mine.x)
+    assert not np.shares_memory(theirs[0].out, mine.out)
+    # the returned array is the caller's: the next prediction does not overwrite it
+    first = model.predict_proba(X)
+    kept = first.copy()
+    model.predict_proba(rng.standard_normal((8, 10)))
+    np.testing.assert_array_equal(first, kept)
+
+
+def test_plans_per_thread_are_bounded():
+    from fastnn import _infer
+
+    model, rng = _trained("relu-no-bn", np.float32)
+    for n in range(1, 3 * _infer._PLANS_PER_THREAD):
+        model.predict(rng.standard_normal((n, 10)))
+    assert len(model._plans.by_key) <= _infer._PLANS_PER_THREAD
+
+
+def test_a_users_layer_predicts_through_its_own_forward():
+    class Doubling(L.Layer):
+        def forward(self, x, training, rng=None):
+            return 2.0 * x
+
+    model = Sequential([L.Dense(8), Doubling(), L.Dense(3), L.Softmax()], input_dim=5, seed=0)
+    assert model._plans.get(model, 2, False) is None
+    X = np.random.default_rng(1).standard_normal((2, 5)).astype(np.float32)
+    W1, b1, W2, b2 = model.get_weights()
+    z = (X @ W1 + b1) * 2.0 @ W2 + b2
+    expected = np.exp(z - z.max(axis=1, keepdims=True))
+    expected /= expected.sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(model.predict_proba(X), expected, rtol=1e-5, atol=1e-6)
+
+
+# ---- inputs and outputs checked -------------------------------------------------------
+
+@pytest.mark.parametrize("backend", ["cython", "numpy"])
+def test_non_finite_inputs_are_refused_with_their_row(backend, monkeypatch):
+    from fastnn import model as model_mod
+
+    model, rng = _trained("bn-relu", np.float32)
+    monkeypatch.setattr(model_mod, "_PREDICT_CHUNK", 4)
+    with fastnn.backend(backend):
+        for bad in (np.nan, np.inf, -np.inf):
+            X = rng.standard_normal((10, 10))
+            X[6, 3] = bad  # in the second chunk
+            with pytest.raises(ValueError, match=r"X contains NaN or inf \(first at row 6, "
+                                                 r"column 3\)"):
+                model.predict_proba(X)
+
+
+@pytest.mark.parametrize("backend", ["cython", "numpy"])
+def test_finite_inputs_that_overflow_the_network_are_refused(backend):
+    # 3e38 is a finite float32, but the first product overflows: no silent NaN
+    model, rng = _trained("bn-relu", np.float32)
+    X = rng.standard_normal((3, 10))
+    X[1] = 3e38
+    with fastnn.backend(backend), pytest.raises(ValueError, match="overflow.*row 1"):
+        model.predict_proba(X)
+    with fastnn.backend(backend), pytest.raises(ValueError, match="overflow"):
+        model.evaluate(X, [0, 1, 2])
+
+
+def test_float64_data_is_cast_chunk_by_chunk_into_a_float32_model():
+    model, rng = _trained("bn-relu", np.float32)
+    X = rng.standard_normal((7, 10))  # float64
+    np.testing.assert_array_equal(model.predict_proba(X),
+                                  model.predict_proba(X.astype(np.float32)))
+    ints = rng.integers(-3, 3, (7, 10))
+    np.testing.assert_array_equal(model.predict_proba(ints),
+                                  model.predict_proba(ints.astype(np.float32)))
+
+
+# ---- the kernels the planned pass adds ---------------------------------------------------
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
+@pytest.mark.parametrize("k", [1, 7, 300])
+@pytest.mark.parametrize("n", [1, 10, 63, 64, 65, 130])
+def test_small_gemm_rows_alone_and_in_blocks(dtype, k, n):
+    """Rows 0..m of the small GEMM equal NumPy's product, and a row's result is the same
+    bits whether it is a batch of one (the row kernel) or inside a block of four."""
+    rng = np.random.default_rng(k * 1000 + n)
+    b = rng.standard_normal((k, n)).astype(dtype)
+    bias = rng.standard_normal(n).astype(dtype)
+    a = rng.standard_normal((9, k)).astype(dtype)
+    results = {}
+    for m in (1, 2, 3, 4, 5, 8, 9):
+        if m * k * n > ops.SMALL_GEMM_MAX:
+            continue
+        out = np.empty((m, n), dtype)
+        op = ops.plan_matmul(a[:m], b, out, bias=bias)
+        op()
+        np.testing.assert_allclose(out, a[:m] @ b + bias, rtol=1e-4 if dtype == np.float32
+                                   else 1e-12, atol=1e-4 if dtype == np.float32 else 1e-12)
+        results[m] = out
+    for out in results.values():
+        np.testing.assert_array_equal(out[0], results[1][0])  # row 0: alone or in a block
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
+def test_finite_op_finds_any_nan_or_inf(dtype):
+    z = np.zeros((3, 70), dtype)
+    op = ops.plan_finite(z)
+    op()
+    assert op.finite
+    for value in (np.nan, np.inf, -np.inf):
+        for where in ((0, 0), (2, 69), (1, 33)):
+            z[...] = 1.0
+            z[where] = value
+            op()
+            assert not op.finite, (value, where)
+    z[...] = np.finfo(dtype).max
+    op()
+    assert op.finite
+
+
+@pytest.mark.parametrize("activation", ["identity", "relu", "leaky_relu", "tanh", "sigmoid"])
+def test_batchnorm_eval_op_is_the_eval_forward_then_the_activation(dtype, activation):
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((6, 2100)).astype(dtype)  # more than one block of features
+    gamma, beta, mean = (rng.standard_normal(2100).astype(dtype) for _ in range(3))
+    var = rng.uniform(0.5, 2.0, 2100).astype(dtype)
+    expected, _ = ops.batchnorm_forward(x, gamma, beta, mean, var.copy(), training=False)
+    act = {"identity": lambda v: v, "relu": lambda v: np.maximum(v, 0),
+           "leaky_relu": lambda v: np.where(v < 0, 0.1 * v, v), "tanh": np.tanh,
+           "sigmoid": lambda v: 0.5 + 0.5 * np.tanh(0.5 * v)}[activation]
+    out = np.empty_like(x)
+    ops.plan_batchnorm_eval(x, gamma, beta, mean, var, out=out, activation=activation,
+                            alpha=0.1)()
+    tol = TOL[dtype]
+    np.testing.assert_allclose(out, act(expected), rtol=tol["rtol"] * 10, atol=tol["atol"] * 10)
+    inplace = x.copy()
+    ops.plan_batchnorm_eval(inplace, gamma, beta, mean, var, out=inplace,
+                            activation=activation, alpha=0.1)()
+    np.testing.assert_array_equal(inplace, out)
+
+
+def test_new_bound_ops_refuse_bad_arguments():
+    x = np.zeros((2, 3), np.float32)
+    vec = np.ones(3, np.float32)
+    with pytest.raises(ValueError, match="gamma must have shape"):
+        ops.plan_batchnorm_eval(x, np.ones(4, np.float32), vec, vec, vec, out=x)
+    with pytest.raises(TypeError, match="dtype"):
+        ops.plan_batchnorm_eval(x, vec.astype(np.float64), vec, vec, vec, out=x)
+    with pytest.raises(ValueError, match="activation"):
+        ops.plan_batchnorm_eval(x, vec, vec, vec, vec, out=x, activation="swish")
+    with pytest.raises(ValueError, match="eps"):
+        ops.plan_batchnorm_eval(x, vec, vec, vec, vec, out=x, eps=0.0)
+    with pytest.raises(ValueError, match="writable"):
+        ro = x.copy()
+        ro.flags.writeable = False
+        ops.plan_softmax(ro)
+    with pytest.raises(ValueError, match="2-D"):
+        ops.plan_finite(vec)
+
+
+# ---- the thread policy ---------------------------------------------------------------
+
+def _blas_threads() -> list[int]:
+    """Threads of NumPy's own BLAS (other libraries' BLAS, e.g. torch's, are not fastnn's)."""
+    return [c.num_threads for c in ThreadpoolController().select(user_api="blas")
+            .lib_controllers if "numpy" in c.filepath]
+
+
+class _RecordThreads(Callback):
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.seen.append(_blas_threads())
+
+
+def test_set_num_threads_checks_its_argument():
+    for bad in (0, -1):
+        with pytest.raises(ValueError, match="n must be"):
+            fastnn.set_num_threads(bad)
+    for bad in ("2", 1.5, True):
+        with pytest.raises(TypeError, match="n must be"):
+            fastnn.set_num_threads(bad)
+
+
+def test_the_thread_count_comes_from_the_setting_then_the_environment(monkeypatch):
+    monkeypatch.setattr(_threads, "_setting", None)
+    monkeypatch.setenv("FASTNN_NUM_THREADS", "3")
+    assert fastnn.get_num_threads() == 3
+    with fastnn.threads(1):
+        assert fastnn.get_num_threads() == 1
+    assert fastnn.get_num_threads() == 3
+    monkeypatch.setenv("FASTNN_NUM_THREADS", "many")
+    with pytest.warns(RuntimeWarning, match="FASTNN_NUM_THREADS must be"):
+        assert fastnn.get_num_threads() == _threads._cores()
+    monkeypatch.delenv("FASTNN_NUM_THREADS")
+    assert fastnn.get_num_threads() == _threads._cores()
+
+
+def test_limited_restores_the_programs_blas_setting_nested_and_across_threads():
+    controller = ThreadpoolController()
+    with controller.limit(limits=2, user_api="blas"):
+        with _threads.limited(1):
+            assert set(_blas_threads()) == {1}
+            inner = []
+            worker = threading.Thread(target=lambda: inner.append(_enter_and_read()))
+            worker.start()
+            worker.join()
+            assert inner == [[1]] and set(_blas_threads()) == {1}  # still limited
+        assert set(_blas_threads()) == {2}
+
+
+def _enter_and_read():
+    with _threads.limited(1):
+        return sorted(set(_blas_threads()))
+
+
+def test_fit_runs_small_products_on_one_blas_thread_and_large_ones_on_the_setting():
+    rng = np.random.default_rng(0)
+    controller = ThreadpoolController()
+    with controller.limit(limits=2, user_api="blas"), fastnn.threads(2):
+        small = Sequential(L.mlp([32], 10), seed=0)
+        record = _RecordThreads()
+        small.fit(rng.standard_normal((64, 64)), rng.integers(0, 10, 64), epochs=1,
+                  batch_size=32, callbacks=[record], verbose=0)
+        assert record.seen == [[1]]
+        big = Sequential(L.mlp([256], 10), seed=0)
+        record = _RecordThreads()
+        big.fit(rng.standard_normal((512, 784)), rng.integers(0, 10, 512), epochs=1,
+                batch_size=256, callbacks=[record], verbose=0)
+        assert record.seen == [[2]]
+        assert set(_blas_threads()) == {2}  # restored after fit
