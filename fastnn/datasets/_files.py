@@ -71,14 +71,15 @@ def _read_bytes(path: object, name: str, max_bytes: int | None) -> tuple[str, by
         stream, is_gzip = _open_maybe_gzip(handle)
         if not is_gzip:
             return label, stream.read()
-        out = io.BytesIO()  # getvalue() hands over its buffer: no second copy
+        chunks, size = [], 0  # no buffer regrown (and copied) while it fills
         while chunk := stream.read(_CHUNK):
-            out.write(chunk)
-            if max_bytes is not None and out.tell() > max_bytes:
+            chunks.append(chunk)
+            size += len(chunk)
+            if max_bytes is not None and size > max_bytes:
                 raise ValueError(f"{label}: decompresses to more than max_bytes={max_bytes} "
                                  f"bytes (a decompression bomb?); pass a larger max_bytes "
                                  f"(or None) to read it")
-        return label, out.getvalue()
+        return label, b"".join(chunks)
 
 
 def _read_exactly(stream, n: int) -> bytes:
