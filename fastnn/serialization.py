@@ -42,8 +42,8 @@ try:
 except ImportError:  # Windows: a file open for writing cannot be deleted there anyway
     fcntl = None
 
-__all__ = ["DEFLATE_LIMIT", "FORMAT_NAME", "FORMAT_VERSION", "MAX_CONFIG_BYTES", "MAX_RATIO", "RATIO_FLOOR",
-           "STALE_SECONDS", "TEMP_SUFFIX", "Archive", "ModelFile", "open_model",
+__all__ = ["DEFLATE_LIMIT", "FORMAT_NAME", "FORMAT_VERSION", "MAX_CONFIG_BYTES", "MAX_RATIO",
+           "RATIO_FLOOR", "STALE_SECONDS", "TEMP_SUFFIX", "Archive", "ModelFile", "open_model",
            "remove_stale_temps", "write"]
 
 FORMAT_NAME = "fastnn-model"
