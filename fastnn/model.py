@@ -27,6 +27,10 @@ __all__ = ["Sequential"]
 
 _DTYPES = {"float32": np.dtype(np.float32), "float64": np.dtype(np.float64)}
 _PREDICT_CHUNK = 4096  # rows per inference chunk: bounded memory for any X
+_FINITE_CHUNK = 2**20  # values per finiteness check of loaded weights
+# what a hostile or corrupt config can raise while it is turned into a model
+_CONFIG_ERRORS = (KeyError, IndexError, TypeError, ValueError, AttributeError, OverflowError,
+                  RecursionError)
 
 
 _blas_warm = False
@@ -72,6 +76,32 @@ def _check_output(x: np.ndarray, out: np.ndarray, first_row: int) -> None:
             f"X: the network's outputs overflow to NaN or inf for row {row} (the chunk's "
             f"inputs reach {big:.3g} in absolute value, too large for {out.dtype} "
             "arithmetic); scale the features as the training data was scaled")
+
+
+def _all_finite(values: np.ndarray) -> bool:
+    """Whether every value is finite, checked a chunk at a time (no mask of them all)."""
+    flat = values.reshape(-1)
+    return all(np.isfinite(flat[i:i + _FINITE_CHUNK]).all()
+               for i in range(0, flat.size, _FINITE_CHUNK))
+
+
+def _history_from_saved(saved: dict) -> History:
+    """The History of a saved config, its types checked."""
+    history = History()
+    epochs, metrics = saved["epoch"], saved["history"]
+    if not isinstance(epochs, list) or not isinstance(metrics, dict):
+        raise TypeError("the saved history must hold a list of epochs and a dict of metrics")
+    history.epoch = [_checks.integer("history epoch", epoch) for epoch in epochs]
+    for key, values in metrics.items():
+        if not isinstance(values, list):
+            raise TypeError(f"the saved history of {key!r} must be a list")
+        history.history[key] = list(values)
+    reason = saved.get("stop_reason")
+    if reason is not None and not isinstance(reason, str):
+        raise TypeError(f"the saved stop_reason must be a str; got {type(reason).__name__}")
+    history.stop_reason = reason
+    return history
+
 
 class Sequential(Trainer):
     """A feed-forward network: layers applied in order.
@@ -160,6 +190,16 @@ class Sequential(Trainer):
 
     def build(self, input_dim: int) -> Sequential:
         """Create the flat buffers for ``input_dim`` features and initialise the parameters."""
+        self._allocate(input_dim)
+        rng = np.random.default_rng(self.seed)
+        for layer in self.layers:
+            layer.initialize(rng)
+        _warm_up_blas()
+        return self
+
+    def _declare(self, input_dim: int) -> tuple[int, int]:
+        """Build the layers for ``input_dim`` features, shapes only (nothing allocated);
+        ``(number of parameters, number of state values)``."""
         input_dim = _checks.integer("input_dim", input_dim, minimum=1)
         dim = input_dim
         for i, layer in enumerate(self.layers):
@@ -168,15 +208,15 @@ class Sequential(Trainer):
         self.input_dim, self.output_dim = int(input_dim), dim
         n_params = sum(layer.n_params for layer in self.layers)
         n_states = sum(math.prod(s) for layer in self.layers for s in layer.states.values())
+        return n_params, n_states
+
+    def _allocate(self, input_dim: int) -> None:
+        """The flat buffers (zeros) for ``input_dim`` features, bound to the layers."""
+        n_params, n_states = self._declare(input_dim)
         self._params = np.zeros(n_params, self.dtype)
         self._grads = np.zeros(n_params, self.dtype)
         self._states = np.zeros(n_states, self.dtype)
         self._bind_views()
-        rng = np.random.default_rng(self.seed)
-        for layer in self.layers:
-            layer.initialize(rng)
-        _warm_up_blas()
-        return self
 
     def _bind_views(self) -> None:
         """Point every layer's parameters, gradients and state at its slices of the buffers."""
@@ -473,53 +513,79 @@ class Sequential(Trainer):
         """A model saved by :meth:`save`, optimizer state and history included (``fit``
         continues exactly as if it had never stopped).
 
+        The file is checked before anything is allocated: the config (a bounded JSON
+        text) fixes every array's shape and dtype, the parameter count included, and
+        each array's header must declare exactly that and match its member's size
+        (see :class:`fastnn.serialization.Archive`). Weights and optimizer state are
+        then read straight into the model's buffers and must be finite.
+
         Raises
         ------
         FileNotFoundError
             If ``path`` does not exist.
         ValueError
             If the file is truncated, not a fastnn model, from a newer format, holds
-            pickled (object) data (never loaded), or does not match its own config.
+            pickled (object) data (never loaded), does not match its own config
+            (sizes, optimizer state), holds NaN or infinite weights, or is a
+            decompression bomb. The message names the file.
         """
         from . import serialization
 
-        config, arrays = serialization.read(path)
-        try:
-            return cls._from_saved(config, arrays)
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ValueError(f"{path}: the saved model is inconsistent ({exc})") from None
+        with serialization.open_model(path) as saved:
+            try:
+                model, expected = cls._unbuilt_from_saved(saved.config, saved.keys)
+            except _CONFIG_ERRORS as exc:
+                raise ValueError(f"{path}: the saved model is inconsistent ({exc})") from None
+            saved.check(expected)
+            model._read_saved(saved, expected)
+        return model
 
     @classmethod
-    def _from_saved(cls, config: dict, arrays: dict) -> Sequential:
-        model = cls.from_config(config["model"])
-        if not model.built:
+    def _unbuilt_from_saved(cls, config: dict, keys: list) -> tuple[Sequential, dict]:
+        """The model of a saved config with its shapes declared but no buffer allocated,
+        and the arrays the file must hold: name -> (shape, dtype or dtype kinds)."""
+        spec = config["model"]
+        if spec.get("input_dim") is None:
             raise ValueError("the saved model was never built")
-        for key, target in (("params", model._params), ("states", model._states)):
-            arr = arrays.get(key)
-            if arr is None or arr.shape != target.shape or arr.dtype != target.dtype:
-                raise ValueError(f"{key!r} has shape {None if arr is None else arr.shape}, "
-                                 f"expected {target.shape} {target.dtype}")
-            target[...] = arr
-        if "classes" in arrays:
-            model.classes_ = arrays["classes"]
-        model.epochs_trained = int(config["epochs_trained"])
-        model.train_seed = config.get("train_seed")
-        model._targets_1d = bool(config.get("targets_1d", True))
+        model = cls.from_config({**spec, "input_dim": None})
+        n_params, n_states = model._declare(spec["input_dim"])
+        flat = model.dtype
+        expected = {"params": ((n_params,), flat), "states": ((n_states,), flat)}
+        if "classes" in keys:
+            expected["classes"] = ((model.output_dim,), "biufU")
+        model.epochs_trained = _checks.integer("epochs_trained", config["epochs_trained"],
+                                               minimum=0)
+        seed = config.get("train_seed")
+        model.train_seed = None if seed is None else _checks.integer("train_seed", seed,
+                                                                     minimum=0)
+        model._targets_1d = _checks.boolean("targets_1d", config.get("targets_1d", True))
         if config.get("optimizer") is not None:
-            opt = optimizers_mod.from_config(config["optimizer"])
-            states = {k.split("/", 1)[1]: v for k, v in arrays.items()
-                      if k.startswith("optimizer/")}
-            if states:
-                opt.load_state_arrays(states)
-            model.optimizer = opt
-        saved_history = config.get("history")
-        if saved_history is not None:
-            history = History()
-            history.epoch = list(saved_history["epoch"])
-            history.history = {k: list(v) for k, v in saved_history["history"].items()}
-            history.stop_reason = saved_history.get("stop_reason")
-            model.history = history
-        return model
+            model.optimizer = optimizers_mod.from_config(config["optimizer"])
+            if any(key.startswith("optimizer/") for key in keys):
+                for name in model.optimizer._active_state_names():
+                    expected[f"optimizer/{name}"] = ((n_params,), flat)
+        if config.get("history") is not None:
+            model.history = _history_from_saved(config["history"])
+        return model, expected
+
+    def _read_saved(self, saved, expected: dict) -> None:
+        """Allocate the buffers and read the checked arrays of ``saved`` into them."""
+        self._allocate(self.input_dim)
+        saved.read("params", self._params)
+        saved.read("states", self._states)
+        arrays = {"params": self._params, "states": self._states}
+        if "classes" in expected:
+            self.classes_ = arrays["classes"] = saved.read("classes")
+        states = {key.split("/", 1)[1]: saved.read(key) for key in expected
+                  if key.startswith("optimizer/")}
+        arrays.update((f"optimizer/{name}", arr) for name, arr in states.items())
+        for key, arr in arrays.items():
+            if arr.dtype.kind == "f" and not _all_finite(arr):
+                raise ValueError(f"{saved.label}: the saved model is corrupt: {key!r} holds "
+                                 f"NaN or infinite values")
+        if states:
+            self.optimizer.load_state_arrays(states)
+        _warm_up_blas()
 
     def get_config(self) -> dict:
         return {

@@ -1,14 +1,23 @@
 """Loading (X, y) from files: NumPy .npz, CSV (plain or gzip) and MNIST's IDX format.
 
-Nothing here unpickles or evaluates anything: ``.npz`` files are read with
-``allow_pickle=False``, text is parsed with :func:`float`, and binary formats
-with :mod:`struct` and :func:`numpy.frombuffer`. Every problem with a file is a
-:class:`ValueError` whose message starts with the file's path as given.
+Nothing here unpickles or evaluates anything: ``.npz`` files are read header
+first by :class:`fastnn.serialization.Archive` (object arrays refused), text is
+parsed with :func:`float`, and binary formats with :mod:`struct` and NumPy. Every
+problem with a file is a :class:`ValueError` whose message starts with the file's
+path as given.
+
+No file can make a loader allocate more than the file says it holds, checked before
+the data are read: an ``.npz`` array's header must declare exactly its member's size
+(which deflate bounds by 1032 times its compressed size) and the shapes are checked
+on the headers; an IDX header must agree with the file's size (for gzip: with what
+deflate can expand it to), and its data are streamed into an array of that size; a
+gzip CSV is decompressed only up to ``max_bytes`` (default :data:`MAX_CSV_BYTES`).
 """
 
 from __future__ import annotations
 
 import array
+import contextlib
 import csv
 import gzip
 import io
@@ -16,16 +25,19 @@ import math
 import os
 import re
 import struct
-import zipfile
 import zlib
 from pathlib import Path
 
 import numpy as np
 from numpy.typing import DTypeLike
 
-from .. import _checks
+from .. import _checks, serialization
 
-__all__ = ["load", "load_csv", "load_idx", "load_npz"]
+__all__ = ["MAX_CSV_BYTES", "load", "load_csv", "load_idx", "load_npz"]
+
+#: Default ``max_bytes`` of :func:`load_csv`: the most a gzip file may decompress to.
+MAX_CSV_BYTES = 256 * 2**20
+_CHUNK = 2**20  # bytes per read while decompressing
 
 _GZIP_MAGIC = b"\x1f\x8b"
 _ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")  # a zip with members; an empty zip
@@ -33,18 +45,61 @@ _NPY_MAGIC = b"\x93NUMPY"
 _INT64_MAX = np.iinfo(np.int64).max
 
 
-def _read_bytes(path: object, name: str) -> tuple[str, bytes]:
-    """(path as text for messages, the file's bytes, gunzipped if they are gzip)."""
+@contextlib.contextmanager
+def _gzip_errors(label: str):
+    """Turn a corrupt gzip stream's errors into a ValueError naming the file."""
+    try:
+        yield
+    except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
+        raise ValueError(f"{label}: not a valid gzip file (truncated or corrupt: {exc})"
+                         ) from None
+
+
+def _open_maybe_gzip(handle):
+    """``(stream, is_gzip)``: a decompressing stream over ``handle`` if it is gzip."""
+    is_gzip = handle.read(2) == _GZIP_MAGIC
+    handle.seek(0)
+    return (gzip.GzipFile(fileobj=handle) if is_gzip else handle), is_gzip
+
+
+def _read_bytes(path: object, name: str, max_bytes: int | None) -> tuple[str, bytes]:
+    """(path as text for messages, the file's bytes, gunzipped if they are gzip, which
+    may decompress to at most ``max_bytes`` (None: no limit))."""
     resolved = _checks.file_path(name, path)
     label = os.fspath(path)
-    data = resolved.read_bytes()
-    if data[:2] == _GZIP_MAGIC:
-        try:
-            data = gzip.decompress(data)
-        except (OSError, EOFError, zlib.error) as exc:  # BadGzipFile is an OSError
-            raise ValueError(f"{label}: not a valid gzip file (truncated or corrupt: {exc})"
-                             ) from None
-    return label, data
+    with open(resolved, "rb") as handle, _gzip_errors(label):
+        stream, is_gzip = _open_maybe_gzip(handle)
+        if not is_gzip:
+            return label, stream.read()
+        chunks, size = [], 0  # no buffer regrown (and copied) while it fills
+        while chunk := stream.read(_CHUNK):
+            chunks.append(chunk)
+            size += len(chunk)
+            if max_bytes is not None and size > max_bytes:
+                raise ValueError(f"{label}: decompresses to more than max_bytes={max_bytes} "
+                                 f"bytes (a decompression bomb?); pass a larger max_bytes "
+                                 f"(or None) to read it")
+        return label, b"".join(chunks)
+
+
+def _read_exactly(stream, n: int) -> bytes:
+    """Up to ``n`` bytes of ``stream`` (fewer only at its end)."""
+    parts, left = [], n
+    while left > 0 and (part := stream.read(min(left, _CHUNK))):
+        parts.append(part)
+        left -= len(part)
+    return b"".join(parts)
+
+
+def _read_into(stream, buffer: memoryview) -> int:
+    """Fill ``buffer`` from ``stream`` a chunk at a time; the number of bytes read."""
+    done = 0
+    while done < len(buffer):
+        n = stream.readinto(buffer[done:done + _CHUNK])
+        if not n:
+            break
+        done += n
+    return done
 
 
 def _key(value: object, name: str) -> str:
@@ -58,24 +113,36 @@ def _key(value: object, name: str) -> str:
 # --------------------------------------------------------------------------
 
 
-def _npz_member(archive, key: str, label: str) -> np.ndarray:
-    """One array of an open NpzFile, with every failure turned into a ValueError."""
-    try:
-        value = archive[key]
-    except ValueError as exc:
-        if "pickle" in str(exc).lower():
-            raise ValueError(
-                f"{label}: array {key!r} holds Python objects (an object array, stored as a "
-                f"pickle); pickled data is refused (fastnn never loads with allow_pickle=True). "
-                f"Save a numeric X and integer or string labels."
-            ) from None
-        raise ValueError(f"{label}: array {key!r} is corrupt ({exc})") from None
-    except (zipfile.BadZipFile, OSError, EOFError, zlib.error) as exc:
-        raise ValueError(f"{label}: array {key!r} cannot be read; the file is truncated or "
-                         f"corrupt ({exc})") from None
-    if not isinstance(value, np.ndarray):
-        raise ValueError(f"{label}: member {key!r} is not a .npy array")
-    return value
+def _npz_header(archive: serialization.Archive, key: str, name: str, label: str
+                ) -> tuple[tuple[int, ...], np.dtype]:
+    """The checked header of array ``key`` (``name`` is the argument that named it)."""
+    if key not in archive.keys:
+        present = archive.keys + archive.others
+        held = ", ".join(repr(k) for k in present) if present else "no arrays"
+        raise ValueError(f"{label}: has no array {key!r} ({name}={key!r}); the file "
+                         f"holds {held}")
+    return archive.header(key)
+
+
+def _check_npz_shapes(label: str, x_key: str, x_head: tuple, y_key: str, y_head: tuple
+                      ) -> None:
+    """Refuse X and y of the wrong shapes or dtypes, from their headers alone."""
+    (x_shape, x_dtype), (y_shape, _) = x_head, y_head
+    if len(x_shape) != 2:
+        raise ValueError(f"{label}: array {x_key!r} must be 2-D (samples x features); "
+                         f"got shape {x_shape}")
+    if x_dtype.kind not in "iuf":
+        raise ValueError(f"{label}: array {x_key!r} must hold integers or floats; "
+                         f"got dtype {x_dtype}")
+    if x_shape[0] == 0 or x_shape[1] == 0:
+        raise ValueError(f"{label}: array {x_key!r} must have at least one row and one "
+                         f"column; got shape {x_shape}")
+    if len(y_shape) != 1:
+        raise ValueError(f"{label}: array {y_key!r} must be 1-D (one label per row); "
+                         f"got shape {y_shape}")
+    if y_shape[0] != x_shape[0]:
+        raise ValueError(f"{label}: array {y_key!r} has {y_shape[0]} labels; expected "
+                         f"{x_shape[0]}, one per row of {x_key!r}")
 
 
 def load_npz(path: str | os.PathLike, *, x_key: str = "X", y_key: str = "y",
@@ -114,7 +181,11 @@ def load_npz(path: str | os.PathLike, *, x_key: str = "X", y_key: str = "y",
     ValueError
         Not a zip archive (or a truncated one); ``x_key`` or ``y_key`` missing
         (the message lists the arrays the file holds); pickled data; wrong
-        shapes or dtypes.
+        shapes or dtypes; an array whose header declares more or fewer bytes
+        than its member holds. All of these are found from the headers,
+        before any data is read: the most memory a file can take is what
+        its headers declare, which is at most 1032 times its size on disk
+        (the limit of deflate).
 
     Examples
     --------
@@ -146,36 +217,12 @@ def load_npz(path: str | os.PathLike, *, x_key: str = "X", y_key: str = "y",
     if not head.startswith(_ZIP_MAGICS):
         raise ValueError(f"{label}: not an .npz file (a zip archive of .npy arrays): it starts "
                          f"with the bytes {head[:4]!r}; expected {_ZIP_MAGICS[0]!r}")
-    try:
-        archive = np.load(resolved, allow_pickle=False)
-    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
-        raise ValueError(f"{label}: not a valid .npz file (truncated or corrupt zip archive: "
-                         f"{exc})") from None
-    with archive:
-        present = list(archive.files)
-        for name, key in (("x_key", x_key), ("y_key", y_key)):
-            if key not in present:
-                held = ", ".join(repr(k) for k in present) if present else "no arrays"
-                raise ValueError(f"{label}: has no array {key!r} ({name}={key!r}); the file "
-                                 f"holds {held}")
-        X = _npz_member(archive, x_key, label)
-        y = _npz_member(archive, y_key, label)
-
-    if X.ndim != 2:
-        raise ValueError(f"{label}: array {x_key!r} must be 2-D (samples x features); "
-                         f"got shape {X.shape}")
-    if X.dtype.kind not in "iuf":
-        raise ValueError(f"{label}: array {x_key!r} must hold integers or floats; "
-                         f"got dtype {X.dtype}")
-    if X.shape[0] == 0 or X.shape[1] == 0:
-        raise ValueError(f"{label}: array {x_key!r} must have at least one row and one "
-                         f"column; got shape {X.shape}")
-    if y.ndim != 1:
-        raise ValueError(f"{label}: array {y_key!r} must be 1-D (one label per row); "
-                         f"got shape {y.shape}")
-    if y.shape[0] != X.shape[0]:
-        raise ValueError(f"{label}: array {y_key!r} has {y.shape[0]} labels; expected "
-                         f"{X.shape[0]}, one per row of {x_key!r}")
+    with serialization.Archive(resolved, label) as archive:
+        x_head = _npz_header(archive, x_key, "x_key", label)
+        y_head = _npz_header(archive, y_key, "y_key", label)
+        _check_npz_shapes(label, x_key, x_head, y_key, y_head)
+        X = archive.read(x_key)
+        y = archive.read(y_key)
     if y.dtype.kind in "iu":
         if y.dtype.kind == "u" and y.dtype.itemsize == 8 and int(y.max()) > _INT64_MAX:
             raise ValueError(f"{label}: array {y_key!r} has labels above the int64 range")
@@ -226,8 +273,8 @@ def _labels_array(labels: list[str]) -> np.ndarray:
 
 
 def load_csv(path: str | os.PathLike, *, label_column: int = -1, delimiter: str | None = ",",
-             header: bool | str = "auto", dtype: DTypeLike = "float32"
-             ) -> tuple[np.ndarray, np.ndarray]:
+             header: bool | str = "auto", dtype: DTypeLike = "float32",
+             max_bytes: int | None = MAX_CSV_BYTES) -> tuple[np.ndarray, np.ndarray]:
     """Load features and labels from a delimited text file, plain or gzip-compressed.
 
     One sample a row: every column is a feature except ``label_column``.
@@ -251,6 +298,13 @@ def load_csv(path: str | os.PathLike, *, label_column: int = -1, delimiter: str 
         needs ``header=True``.
     dtype : {"float32", "float64"}, optional
         The dtype of ``X``.
+    max_bytes : int or None, optional
+        The most bytes a gzip-compressed file may decompress to (default
+        :data:`MAX_CSV_BYTES`, 256 MiB); decompression stops with a
+        ValueError as soon as it passes them, so a small file that would
+        expand to gigabytes (a decompression bomb) costs at most this much
+        memory. None: no limit. A plain file is read whole (its size on
+        disk bounds it).
 
     Returns
     -------
@@ -275,7 +329,8 @@ def load_csv(path: str | os.PathLike, *, label_column: int = -1, delimiter: str 
         message gives the row, i.e. the line number counting from 1), a field
         that is not a number (row and column, counting from 1), an empty
         label, fewer than 2 columns, no data rows, text that is not UTF-8, a
-        corrupt gzip file, or ``label_column`` out of range.
+        corrupt gzip file, a gzip file that decompresses to more than
+        ``max_bytes``, or ``label_column`` out of range.
 
     Examples
     --------
@@ -303,8 +358,10 @@ def load_csv(path: str | os.PathLike, *, label_column: int = -1, delimiter: str 
                                                      and header == "auto")):
         raise ValueError(f"header must be 'auto', True or False; got {header!r}")
     dtype = _checks.float_dtype("dtype", dtype)
+    if max_bytes is not None:
+        max_bytes = _checks.integer("max_bytes", max_bytes, minimum=1)
 
-    label, data = _read_bytes(path, "path")
+    label, data = _read_bytes(path, "path", max_bytes)
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -366,30 +423,59 @@ def load_csv(path: str | os.PathLike, *, label_column: int = -1, delimiter: str 
 _IDX_TYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
 
-def _read_idx(path: object, name: str) -> tuple[str, np.ndarray]:
-    """(path as text, the array) of an IDX file, after checking the header against the data."""
-    label, data = _read_bytes(path, name)
-    if len(data) < 4:
-        raise ValueError(f"{label}: has {len(data)} bytes; an IDX file starts with a 4-byte "
+def _idx_header(stream, label: str) -> tuple[tuple[int, ...], np.dtype, int]:
+    """(shape, item dtype, header length) of the IDX file ``stream``, read up to its data."""
+    magic = _read_exactly(stream, 4)
+    if len(magic) < 4:
+        raise ValueError(f"{label}: has {len(magic)} bytes; an IDX file starts with a 4-byte "
                          f"magic number")
-    code, ndim = data[2], data[3]
-    if data[:2] != b"\x00\x00" or code not in _IDX_TYPES or ndim == 0:
+    code, ndim = magic[2], magic[3]
+    if magic[:2] != b"\x00\x00" or code not in _IDX_TYPES or ndim == 0:
         raise ValueError(
-            f"{label}: not an IDX file: magic number 0x{data[:4].hex()}; expected 0x0000TTNN "
+            f"{label}: not an IDX file: magic number 0x{magic.hex()}; expected 0x0000TTNN "
             f"with TT a type code (08, 09, 0b, 0c, 0d or 0e) and NN >= 1 dimensions")
     start = 4 + 4 * ndim
-    if len(data) < start:
+    dims = _read_exactly(stream, 4 * ndim)
+    if len(dims) < 4 * ndim:
         raise ValueError(f"{label}: truncated IDX header: {ndim} dimensions need {start} bytes; "
-                         f"the file has {len(data)}")
-    shape = struct.unpack(f">{ndim}I", data[4:start])
-    item = np.dtype(_IDX_TYPES[code])
+                         f"the file has {4 + len(dims)}")
+    return struct.unpack(f">{ndim}I", dims), np.dtype(_IDX_TYPES[code]), start
+
+
+def _idx_data(stream, label: str, file_size: int, is_gzip: bool) -> np.ndarray:
+    """The array of the IDX file ``stream``: its header is checked against the file's size
+    (gzip: against what deflate can expand it to) before the data are streamed into an
+    array of the size the header declares."""
+    shape, item, start = _idx_header(stream, label)
     expected = math.prod(shape) * item.itemsize
-    actual = len(data) - start
-    if actual != expected:
+    promise = f"the IDX header (shape {shape}, {item.name}) promises {expected} bytes of data"
+    if not is_gzip and file_size - start != expected:
+        actual = file_size - start
         problem = "truncated" if actual < expected else "extra bytes at the end"
-        raise ValueError(f"{label}: the IDX header (shape {shape}, {item.name}) promises "
-                         f"{expected} bytes of data; the file has {actual} ({problem})")
-    return label, np.frombuffer(data, dtype=item, offset=start).reshape(shape)
+        raise ValueError(f"{label}: {promise}; the file has {actual} ({problem})")
+    most = serialization.DEFLATE_LIMIT * file_size + 1024
+    if is_gzip and expected > most:
+        raise ValueError(f"{label}: {promise}; a gzip file of {file_size} bytes cannot hold "
+                         f"more than {most} (corrupt, or a decompression bomb)")
+    data = np.empty(math.prod(shape), item)
+    actual = _read_into(stream, memoryview(data.view(np.uint8)) if data.size else
+                        memoryview(bytearray()))
+    if actual < expected:
+        raise ValueError(f"{label}: {promise}; the file has {actual} (truncated)")
+    extra = len(stream.read(_CHUNK)) if is_gzip else 0
+    if extra:
+        raise ValueError(f"{label}: {promise}; the file has at least {expected + extra} "
+                         f"(extra bytes at the end)")
+    return data.reshape(shape)
+
+
+def _read_idx(path: object, name: str) -> tuple[str, np.ndarray]:
+    """(path as text, the array) of an IDX file, plain or gzip, its header checked first."""
+    resolved = _checks.file_path(name, path)
+    label = os.fspath(path)
+    with open(resolved, "rb") as handle, _gzip_errors(label):
+        stream, is_gzip = _open_maybe_gzip(handle)
+        return label, _idx_data(stream, label, os.fstat(handle.fileno()).st_size, is_gzip)
 
 
 def load_idx(images_path: str | os.PathLike, labels_path: str | os.PathLike | None = None, *,
