@@ -115,7 +115,7 @@ def _add_layer(graph: _Graph, model, layer) -> None:
         raise ValueError(
             f"layers[{index}] ({type(layer).__name__}) cannot be exported to ONNX: it runs "
             f"its own forward, which has no ONNX operator (exportable: Dense, BatchNorm, "
-            f"Dropout, Softmax and the activations {sorted(_ACTIVATION_OPS)})")
+            f"Dropout, Identity, Softmax and the activations {sorted(_ACTIVATION_OPS)})")
     if op_type == "LeakyRelu":
         graph.leaky_relu(float(activation[1]), name)
     else:
