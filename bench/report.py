@@ -359,7 +359,8 @@ def main(argv: list[str] | None = None) -> int:
     known = {"sklearn-digits"}
     if not rows and not steps and not any(
             b.get("extra_info", {}).get("kernel") in known
-            or str(b.get("extra_info", {}).get("bench", "")).startswith(("import", "tune"))
+            or str(b.get("extra_info", {}).get("bench", "")).startswith(
+                ("import", "tune", "inference"))
             for b in data.get("benchmarks", [])):
         parser.error(f"{args.results} holds no fastnn benchmark results")
     analyse(rows)
@@ -382,6 +383,9 @@ def main(argv: list[str] | None = None) -> int:
     from tune_report import print_tune  # bench/tune_report.py, beside this file
 
     print_tune(data, args.markdown)
+    from inference_report import print_inference  # bench/inference_report.py
+
+    print_inference(data, args.markdown)
     return 0
 
 

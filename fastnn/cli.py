@@ -98,6 +98,19 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from . import load
+    from .onnx import export
+
+    model = load(args.model)
+    export(model, args.out, opset=args.opset, dtype=args.dtype)
+    output = "class probabilities" if model.loss.classification else "predicted values"
+    print(f"exported {args.model} to {args.out}: input 'input' (batch, {model.input_dim}) "
+          f"{args.dtype or model.dtype.name}, output 'output' (batch, {model.output_dim}): "
+          f"{output}")
+    return 0
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -485,6 +498,15 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--threads", type=_positive_int, default=1,
                        help="BLAS/OpenMP threads (needs threadpoolctl; default 1)")
     bench.set_defaults(func=_cmd_bench)
+    export = sub.add_parser("export", help="write a saved model as ONNX (BatchNorm folded; "
+                            "needs the onnx extra)")
+    export.add_argument("model", metavar="MODEL", help="a model file written by --save")
+    export.add_argument("out", metavar="OUT.onnx", help="the ONNX file to write")
+    export.add_argument("--opset", type=_positive_int, default=None,
+                        help="the ONNX opset (default 17)")
+    export.add_argument("--dtype", choices=("float32", "float64"), default=None,
+                        help="the graph's precision (default: the model's)")
+    export.set_defaults(func=_cmd_export)
     return parser
 
 

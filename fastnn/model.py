@@ -606,3 +606,9 @@ class Sequential(Trainer):
     def __repr__(self) -> str:
         inner = ", ".join(repr(layer) for layer in self.layers)
         return f"Sequential([{inner}], input_dim={self.input_dim}, dtype={self.dtype.name!r})"
+
+    def to_onnx(self, path, **kw):
+        """Write the eval-mode network to ``path`` as ONNX; see :func:`fastnn.onnx.export`."""
+        from . import onnx
+
+        return onnx.export(self, path, **kw)
