@@ -731,7 +731,7 @@ def _cmd_tune_search(args: argparse.Namespace) -> int:
     X_rest, X_test, y_rest, y_test = _split(args, X, y)
     n_val = X_rest.shape[0] - int(np.floor(X_rest.shape[0] * (1 - args.validation_split)))
     n_classes = int(np.unique(y_rest).size)
-    print(f"tuning an MLP on {source.split(' (')[0]}: {X.shape[0]} rows, {X.shape[1]} "
+    print(f"tuning an MLP on {source.split(' (')[0]}: {X.shape[0]} samples, {X.shape[1]} "
           f"features, {n_classes} classes (labels: {where}); {args.epochs} epochs per trial, "
           f"{workers}", flush=True)
     print(f"rows: {_split_text(args, X_test.shape[0])}, never seen by tuning; each trial "

@@ -293,8 +293,9 @@ def _first_row(fields: list[str], label_column, label: str, delimiter) -> tuple:
     if label_column == NO_LABELS:
         return None, any(f and not _is_number(f) for f in names), "no label column"
     if label_column is None or isinstance(label_column, str):
-        wanted = LABEL_NAMES if label_column is None else (label_column,)
         lowered = [name.lower() for name in names]
+        wanted = (label_column,) if label_column is not None else tuple(
+            n for n in LABEL_NAMES if not (n == "y" and "x" in lowered))  # x, y: coordinates
         for want in wanted:
             for candidate in (names, lowered):
                 key = want if candidate is names else want.lower()
@@ -335,7 +336,8 @@ def load_csv(path: str | os.PathLike, *, label_column: int | str | None = None,
     label_column : int, str or None, optional
         The labels: a column index counted from 0 (negative counts from the
         end), or a column's name in the header row. None (the default): the
-        column named ``label``, ``target``, ``class`` or ``y`` (any case) if
+        column named ``label``, ``target``, ``class`` or ``y`` (any case; in
+        that order; ``y`` not beside an ``x``, which makes it a coordinate) if
         the first row names one, else the last column.
     delimiter : str or None, optional
         A single character separating the fields (quotes work as in the
