@@ -211,6 +211,20 @@ def test_loaders_choose_the_label_column(tmp_path):
     assert y is None and where == "no labels" and X.shape == (2, 3)
 
 
+def test_idx_label_column_is_the_labels_file(tmp_path):
+    import struct
+
+    images, labels = tmp_path / "pics.idx", tmp_path / "kinds.idx"
+    images.write_bytes(struct.pack(">BBBBIII", 0, 0, 0x08, 3, 2, 2, 2) + bytes(range(8)))
+    labels.write_bytes(struct.pack(">BBBBI", 0, 0, 0x08, 1, 2) + bytes([3, 5]))
+    X, y, where = datasets.load_labeled(images, label_column=str(labels))
+    assert X.shape == (2, 4) and y.tolist() == [3, 5] and where == f"IDX file {labels}"
+    with pytest.raises(ValueError, match="IDX images keep their labels in a separate file"):
+        datasets.load_labeled(images, label_column=0)
+    X, y, _ = datasets.load_labeled(images, n_features=4)  # predict: images alone
+    assert y is None and X.shape == (2, 4)
+
+
 def test_label_warning_flags_continuous_labels_only():
     assert datasets.label_warning(np.arange(178) % 121) is not None
     assert datasets.label_warning(np.array([0.5, 1.25, 2.0])) is not None
