@@ -871,7 +871,8 @@ class _Help(argparse.ArgumentDefaultsHelpFormatter):
 
     def _get_help_string(self, action) -> str:
         text = action.help or ""
-        if "%(default)" in text or action.default in (None, False, True, argparse.SUPPRESS):
+        if "%(default)" in text or any(action.default is v for v in (
+                None, False, True, argparse.SUPPRESS)):  # `is`: 0 == False
             return text
         if isinstance(action.default, list):
             return text + f" (default: {','.join(map(str, action.default))})"
