@@ -35,6 +35,7 @@ __all__ = [
     "ReLU",
     "Sigmoid",
     "Softmax",
+    "Standardize",
     "Tanh",
     "activation",
     "from_config",
@@ -702,8 +703,145 @@ class Dropout(Layer):
         return {"rate": self.rate}
 
 
+class Standardize(Layer):
+    """Feature standardisation, ``(x - mean) / std``, carried inside the model (Keras:
+    ``Normalization``).
+
+    The statistics are the model's non-trainable state: saved and loaded with it, so
+    ``fastnn.load(path).predict(raw_X)`` standardises ``raw_X`` as training did. Learn them
+    from the training data with :meth:`adapt` (before or after the model is built), or give
+    them. A constant feature gets ``std`` 1 (it becomes 0, never NaN).
+
+    Parameters
+    ----------
+    mean, std : array-like of shape (features,), optional
+        Known statistics (``std`` > 0); default: learnt by :meth:`adapt`.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> X = np.array([[1.0, 10.0], [3.0, 10.0]])
+    >>> layer = Standardize().adapt(X)
+    >>> layer.mean.tolist(), layer.std.tolist()
+    ([2.0, 10.0], [1.0, 1.0])
+    """
+
+    def __init__(self, mean=None, std=None) -> None:
+        super().__init__()
+        self._adapted: tuple[np.ndarray, np.ndarray] | None = None
+        if (mean is None) != (std is None):
+            raise ValueError("give both mean and std, or neither (then call adapt)")
+        if mean is not None:
+            mean = np.asarray(mean, dtype=np.float64)
+            std = np.asarray(std, dtype=np.float64)
+            if mean.ndim != 1 or std.shape != mean.shape or mean.size == 0:
+                raise ValueError(f"mean and std must be 1-D of the same length; got shapes "
+                                 f"{mean.shape} and {std.shape}")
+            if not (np.isfinite(mean).all() and np.isfinite(std).all() and (std > 0).all()):
+                raise ValueError("mean must be finite and std finite and > 0")
+            self._adapted = (mean.copy(), std.copy())
+
+    def adapt(self, X) -> Standardize:
+        """Learn ``mean`` and ``std`` (biased, per feature) from ``X`` (n, features);
+        returns the layer."""
+        X = _checks.features("X", X, self.input_dim, np.float64)
+        mean = X.mean(axis=0)
+        std = X.std(axis=0)
+        std[std == 0] = 1.0
+        self._adapted = (mean, std)
+        if "mean" in self.s:  # already in a model: write the state views
+            self.s["mean"][...] = mean
+            self.s["std"][...] = std
+        return self
+
+    @property
+    def mean(self) -> np.ndarray | None:
+        """The per-feature mean (None until adapted)."""
+        return self._stats()[0]
+
+    @property
+    def std(self) -> np.ndarray | None:
+        """The per-feature standard deviation (None until adapted)."""
+        return self._stats()[1]
+
+    def _stats(self) -> tuple:
+        if "std" in self.s:
+            if not (self.s["std"] > 0).all():
+                return None, None
+            return self.s["mean"].copy(), self.s["std"].copy()
+        return self._adapted if self._adapted is not None else (None, None)
+
+    def _require_adapted(self) -> None:
+        if not (self.s["std"] > 0).all():
+            raise ValueError("the Standardize layer is not adapted: call "
+                             "layer.adapt(X_train) (or give mean= and std=) before fit")
+
+    def build(self, input_dim, dtype, next_layer=None) -> int:
+        if self._adapted is not None and self._adapted[0].size != int(input_dim):
+            raise ValueError(f"Standardize was adapted on {self._adapted[0].size} features; "
+                             f"the model's input has {input_dim}")
+        super().build(input_dim, dtype, next_layer)
+        self.states = {"mean": (self.input_dim,), "std": (self.input_dim,)}
+        return self.output_dim
+
+    def initialize(self, rng) -> None:
+        mean, std = self._adapted if self._adapted is not None else (0.0, 0.0)
+        self.s["mean"][...] = mean
+        self.s["std"][...] = std  # 0: not adapted yet (a saved model's load overwrites it)
+
+    def forward(self, x, training, rng=None):
+        self._require_adapted()
+        out = self._buffer("out", x.shape)
+        np.subtract(x, self.s["mean"], out=out)
+        out /= self.s["std"]
+        return out
+
+    def backward(self, dout, need_dx=True):
+        if not need_dx:
+            return None
+        dx = self._buffer("dx", dout.shape)
+        np.divide(dout, self.s["std"], out=dx)
+        return dx
+
+    def infer(self, x):
+        self._require_adapted()
+        dt = x.dtype
+        return (x - self.s["mean"].astype(dt)) / self.s["std"].astype(dt)
+
+    #: Widest input planned as a product with the diagonal matrix 1/std (n*d*d work);
+    #: wider inputs run per-layer, where the elementwise form costs n*d.
+    PLAN_MAX_FEATURES = 256
+
+    def plan_step(self, x, x_writable, next_layer):
+        if self.input_dim > self.PLAN_MAX_FEATURES:
+            return (f"a Standardize of more than {self.PLAN_MAX_FEATURES} features runs "
+                    "per-layer")
+        self._require_adapted()
+        inv = 1.0 / self.s["std"].astype(np.float64)
+        diagonal = np.diag(inv).astype(self.dtype)  # x @ diag(1/std) - mean/std
+        shift = (-self.s["mean"] * inv).astype(self.dtype)
+        out = np.empty_like(x)
+        forward = [ops.plan_matmul(x, diagonal, out, bias=shift)]
+
+        def backward(d, need_dx):
+            if not need_dx:
+                return [], None
+            dx = np.empty_like(d)
+            return [ops.plan_matmul(d, diagonal, dx, trans_b=True)], dx
+
+        return PlannedStep(forward, out, backward, writable=True)
+
+    def fold(self, steps, previous) -> None:
+        self._require_adapted()
+        inv = 1.0 / self.s["std"].astype(np.float64)
+        steps.append(["scale", inv, -self.s["mean"] * inv, self])
+
+    def describe(self) -> str:
+        return "mean and std of the training data"
+
+
 _CLASSES = {cls.__name__: cls for cls in (Dense, BatchNorm, Identity, ReLU, LeakyReLU, Tanh,
-                                          Sigmoid, Softmax, Dropout)}
+                                          Sigmoid, Softmax, Dropout, Standardize)}
 _CLASSES["BatchNormalization"] = BatchNorm
 
 

@@ -53,10 +53,12 @@ def test_train_save_then_resume(tmp_path):
     assert path.exists()
     model = fastnn.load(path)
     assert model.epochs_trained == 2
-    second = _fastnn("train", "--epochs", "3", "--verbose", "2", "--resume", str(path),
+    # with --resume, --epochs is the total to reach: 3 more epochs to 5
+    second = _fastnn("train", "--epochs", "5", "--verbose", "2", "--resume", str(path),
                      "--save", str(path))
     assert second.returncode == 0, second.stderr
     assert "resumed" in second.stdout and "2 epochs trained so far" in second.stdout
+    assert re.findall(r"^Epoch (\d+)/5 ", second.stdout, flags=re.M) == ["3", "4", "5"]
     assert fastnn.load(path).epochs_trained == 5
 
 

@@ -48,8 +48,8 @@ def _named(path) -> str:
 
 def test_public_names():
     assert sorted(datasets.__all__) == [
-        "DIGITS_CITATION", "load", "load_csv", "load_digits", "load_idx", "load_npz",
-        "make_blobs", "make_spirals", "train_test_split",
+        "DIGITS_CITATION", "label_warning", "load", "load_csv", "load_digits", "load_idx",
+        "load_labeled", "load_npz", "make_blobs", "make_spirals", "train_test_split",
     ]
     for name in datasets.__all__:
         assert getattr(datasets, name) is not None
@@ -630,7 +630,7 @@ def test_csv_bad_arguments(tmp_path):
         load_csv(path, label_column=3)
     with pytest.raises(ValueError, match="label_column=-4 is out of range"):
         load_csv(path, label_column=-4)
-    with pytest.raises(TypeError, match="label_column must be an integer; got 'label' \\(str\\)"):
+    with pytest.raises(ValueError, match="has no column named 'label' \\(label_column\\)"):
         load_csv(path, label_column="label")
     with pytest.raises(ValueError, match="delimiter must be a single character .* got ';;'"):
         load_csv(path, delimiter=";;")

@@ -7,7 +7,10 @@
 * :func:`make_spirals`, :func:`make_blobs`: synthetic classification data.
 * :func:`load_npz`, :func:`load_csv`, :func:`load_idx` and :func:`load` (which
   picks one by the file's suffix): ``(X, y)`` from files, validated, with
-  nothing unpickled or evaluated.
+  nothing unpickled or evaluated; the label column is chosen by index or name
+  (default: one named label/target/class/y, else the last). :func:`load_labeled`
+  also says where the labels came from, :func:`label_warning` whether they look
+  like a continuous feature rather than classes.
 
 Every function returns NumPy arrays: features ``X`` as float32 (or float64,
 ``dtype=``) and labels ``y`` as int64 when they are integers. Bad arguments
@@ -24,16 +27,18 @@ was expected and what was given.
 from __future__ import annotations
 
 from ._digits import DIGITS_CITATION, load_digits
-from ._files import load, load_csv, load_idx, load_npz
+from ._files import label_warning, load, load_csv, load_idx, load_labeled, load_npz
 from ._split import train_test_split
 from ._synthetic import make_blobs, make_spirals
 
 __all__ = [
     "DIGITS_CITATION",
+    "label_warning",
     "load",
     "load_csv",
     "load_digits",
     "load_idx",
+    "load_labeled",
     "load_npz",
     "make_blobs",
     "make_spirals",

@@ -146,7 +146,8 @@ def _check_npz_shapes(label: str, x_key: str, x_head: tuple, y_key: str, y_head:
 
 
 def load_npz(path: str | os.PathLike, *, x_key: str = "X", y_key: str = "y",
-             dtype: DTypeLike = "float32") -> tuple[np.ndarray, np.ndarray]:
+             dtype: DTypeLike = "float32", label_column: int | str | None = None
+             ) -> tuple[np.ndarray, np.ndarray]:
     """Load features and labels from a NumPy ``.npz`` archive, safely.
 
     The archive is read with ``allow_pickle=False``: an array of Python objects
@@ -159,9 +160,15 @@ def load_npz(path: str | os.PathLike, *, x_key: str = "X", y_key: str = "y",
         The ``.npz`` file, as written by :func:`numpy.savez` or
         :func:`numpy.savez_compressed`.
     x_key, y_key : str, optional
-        The names of the feature and the label arrays in the archive.
+        The names of the feature and the label arrays in the archive. Without
+        an array ``y_key``, the first of ``label``, ``target``, ``class`` (and
+        ``y``) the archive holds is the labels.
     dtype : {"float32", "float64"}, optional
         The dtype ``X`` is cast to.
+    label_column : int, str or None, optional
+        A name: the labels' array (instead of ``y_key``). An index: the labels
+        are that column of the ``x_key`` array (counted from 0; negative from
+        the end), the features its other columns.
 
     Returns
     -------
@@ -203,11 +210,28 @@ def load_npz(path: str | os.PathLike, *, x_key: str = "X", y_key: str = "y",
     >>> y
     array([0, 1, 1])
     """
+    X, y, _ = _load_npz(path, x_key=x_key, y_key=y_key, dtype=dtype, label_column=label_column)
+    return X, y
+
+
+def _npz_label_key(present: list[str], y_key: str, label_column) -> str:
+    if isinstance(label_column, str):
+        return label_column
+    if y_key in present or y_key != "y":
+        return y_key
+    return next((k for k in (*LABEL_NAMES, "labels") if k in present), y_key)
+
+
+def _load_npz(path, *, x_key="X", y_key="y", dtype="float32", label_column=None,
+              need_labels=True):
+    """load_npz's work: (X, y or None, what the labels are). ``need_labels=False``: an
+    archive without labels gives y None."""
     resolved = _checks.file_path("path", path)
     label = os.fspath(path)
     x_key = _key(x_key, "x_key")
     y_key = _key(y_key, "y_key")
     dtype = _checks.float_dtype("dtype", dtype)
+    label_column = _check_label_column(label_column)
 
     with open(resolved, "rb") as handle:
         head = handle.read(len(_NPY_MAGIC))
@@ -218,16 +242,45 @@ def load_npz(path: str | os.PathLike, *, x_key: str = "X", y_key: str = "y",
         raise ValueError(f"{label}: not an .npz file (a zip archive of .npy arrays): it starts "
                          f"with the bytes {head[:4]!r}; expected {_ZIP_MAGICS[0]!r}")
     with serialization.Archive(resolved, label) as archive:
+        present = archive.keys + archive.others
+        y_key = _npz_label_key(present, y_key, label_column)
+        in_x = isinstance(label_column, int)
         x_head = _npz_header(archive, x_key, "x_key", label)
-        y_head = _npz_header(archive, y_key, "y_key", label)
+        has_y = not in_x and (need_labels or y_key in present)
+        if has_y:
+            name = "label_column" if isinstance(label_column, str) else "y_key"
+            y_head = _npz_header(archive, y_key, name, label)
+        else:  # no labels to check: a stand-in that passes the y checks
+            y_head = ((x_head[0][0] if x_head[0] else 0,), np.dtype(np.int64))
+        # every shape checked on the headers, before any data is read
         _check_npz_shapes(label, x_key, x_head, y_key, y_head)
         X = archive.read(x_key)
-        y = archive.read(y_key)
+        y = archive.read(y_key) if has_y else None
+
+    described = f"array {y_key!r}"
+    if in_x:
+        X, y, described = _column_of(X, label_column, label, x_key)
+    if y is None:
+        return np.ascontiguousarray(X, dtype=dtype), None, "no labels"
     if y.dtype.kind in "iu":
         if y.dtype.kind == "u" and y.dtype.itemsize == 8 and int(y.max()) > _INT64_MAX:
             raise ValueError(f"{label}: array {y_key!r} has labels above the int64 range")
         y = y.astype(np.int64)
-    return np.ascontiguousarray(X, dtype=dtype), y
+    return np.ascontiguousarray(X, dtype=dtype), y, described
+
+
+def _column_of(X: np.ndarray, column: int, label: str, x_key: str) -> tuple:
+    """(X without the column, the column as labels, what they are)."""
+    width = X.shape[1]
+    if width < 2 or not -width <= column < width:
+        raise ValueError(f"label_column={column} is out of range for the {width} columns of "
+                         f"array {x_key!r} in {label}")
+    index = column % width
+    y = X[:, index]
+    if y.dtype.kind == "f" and np.all(np.isfinite(y)) and np.all(y == np.round(y)):
+        y = y.astype(np.int64)
+    return (np.delete(X, index, axis=1), y,
+            f"column {index + 1} of {width} of array {x_key!r}")
 
 
 # --------------------------------------------------------------------------
@@ -272,12 +325,60 @@ def _labels_array(labels: list[str]) -> np.ndarray:
     return values
 
 
-def load_csv(path: str | os.PathLike, *, label_column: int = -1, delimiter: str | None = ",",
-             header: bool | str = "auto", dtype: DTypeLike = "float32",
-             max_bytes: int | None = MAX_CSV_BYTES) -> tuple[np.ndarray, np.ndarray]:
+#: Column (or array) names taken as the labels when no label column is given.
+LABEL_NAMES = ("label", "target", "class", "y")
+#: ``label_column`` for :func:`load_csv` when every column is a feature (no labels).
+NO_LABELS = "no labels"
+
+
+def _check_label_column(label_column):
+    if label_column is None or isinstance(label_column, str):
+        return label_column
+    return _checks.integer("label_column", label_column)
+
+
+def _first_row(fields: list[str], label_column, label: str, delimiter) -> tuple:
+    """(label index or None, whether the row names the columns, what the labels are) from
+    the first row, for ``label_column`` None (auto), a name, an index or NO_LABELS."""
+    n_columns = len(fields)
+    names = [field.strip() for field in fields]
+    if label_column == NO_LABELS:
+        return None, any(f and not _is_number(f) for f in names), "no label column"
+    if label_column is None or isinstance(label_column, str):
+        lowered = [name.lower() for name in names]
+        wanted = (label_column,) if label_column is not None else tuple(
+            n for n in LABEL_NAMES if not (n == "y" and "x" in lowered))  # x, y: coordinates
+        for want in wanted:
+            for candidate in (names, lowered):
+                key = want if candidate is names else want.lower()
+                if key in candidate:
+                    index = candidate.index(key)
+                    return index, True, f"column {names[index]!r} ({index + 1} of {n_columns})"
+        if label_column is not None:
+            shown = ", ".join(repr(n) for n in names[:20]) + (", ..." if n_columns > 20 else "")
+            raise ValueError(f"{label}: has no column named {label_column!r} (label_column); "
+                             f"its first row is {shown}")
+        label_column = -1
+    if n_columns < 2:
+        raise ValueError(f"{label}: row has {n_columns} column; expected at least 2 "
+                         f"(features and a label; is delimiter={delimiter!r} right?)")
+    if not -n_columns <= label_column < n_columns:
+        raise ValueError(f"label_column={label_column} is out of range for the "
+                         f"{n_columns} columns of {label}")
+    index = label_column % n_columns
+    is_header = any(field and not _is_number(field)
+                    for i, field in enumerate(names) if i != index)
+    named = f" {names[index]!r}" if is_header else ""
+    return index, is_header, f"column{named} ({index + 1} of {n_columns})"
+
+
+def load_csv(path: str | os.PathLike, *, label_column: int | str | None = None,
+             delimiter: str | None = ",", header: bool | str = "auto",
+             dtype: DTypeLike = "float32", max_bytes: int | None = MAX_CSV_BYTES
+             ) -> tuple[np.ndarray, np.ndarray]:
     """Load features and labels from a delimited text file, plain or gzip-compressed.
 
-    One sample a row: every column is a feature except ``label_column``.
+    One sample a row: every column is a feature except the label column.
 
     Parameters
     ----------
@@ -285,17 +386,20 @@ def load_csv(path: str | os.PathLike, *, label_column: int = -1, delimiter: str 
         The file; UTF-8 text (a byte-order mark is ignored). If its first
         bytes are the gzip magic number it is decompressed first, whatever
         its name (so ``data.csv.gz`` works).
-    label_column : int, optional
-        The column of the labels, counted from 0; negative counts from the
-        end (the default, -1, is the last column).
+    label_column : int, str or None, optional
+        The labels: a column index counted from 0 (negative counts from the
+        end), or a column's name in the header row. None (the default): the
+        column named ``label``, ``target``, ``class`` or ``y`` (any case; in
+        that order; ``y`` not beside an ``x``, which makes it a coordinate) if
+        the first row names one, else the last column.
     delimiter : str or None, optional
         A single character separating the fields (quotes work as in the
         :mod:`csv` module). None: any run of whitespace.
     header : {"auto", True, False}, optional
         Whether the first non-blank row holds column names (and is skipped).
         "auto": it does if at least one of its feature fields (all but the
-        label column) is neither empty nor a number. A header of numbers
-        needs ``header=True``.
+        label column) is neither empty nor a number, or if it names the label
+        column. A header of numbers needs ``header=True``.
     dtype : {"float32", "float64"}, optional
         The dtype of ``X``.
     max_bytes : int or None, optional
@@ -330,7 +434,7 @@ def load_csv(path: str | os.PathLike, *, label_column: int = -1, delimiter: str 
         that is not a number (row and column, counting from 1), an empty
         label, fewer than 2 columns, no data rows, text that is not UTF-8, a
         corrupt gzip file, a gzip file that decompresses to more than
-        ``max_bytes``, or ``label_column`` out of range.
+        ``max_bytes``, or ``label_column`` out of range or not a column's name.
 
     Examples
     --------
@@ -339,7 +443,7 @@ def load_csv(path: str | os.PathLike, *, label_column: int = -1, delimiter: str 
     >>> with tempfile.TemporaryDirectory() as tmp:
     ...     path = os.path.join(tmp, "toy.csv")
     ...     with open(path, "w") as f:
-    ...         _ = f.write("x1,x2,animal\\n0.5,1,cat\\n2,-1,dog\\n")
+    ...         _ = f.write("class,x1,x2\\ncat,0.5,1\\ndog,2,-1\\n")
     ...     X, y = load_csv(path)
     >>> X
     array([[ 0.5,  1. ],
@@ -347,7 +451,15 @@ def load_csv(path: str | os.PathLike, *, label_column: int = -1, delimiter: str 
     >>> y
     array(['cat', 'dog'], dtype='<U3')
     """
-    label_column = _checks.integer("label_column", label_column)
+    X, y, _ = _load_csv(path, label_column=label_column, delimiter=delimiter, header=header,
+                        dtype=dtype, max_bytes=max_bytes)
+    return X, y
+
+
+def _load_csv(path, *, label_column=None, delimiter=",", header="auto", dtype="float32",
+              max_bytes=MAX_CSV_BYTES):
+    """load_csv's work: (X, y or None for NO_LABELS, what the labels are)."""
+    label_column = _check_label_column(label_column)
     if delimiter is not None:
         if not isinstance(delimiter, str):
             raise TypeError(f"delimiter must be a str or None; got {type(delimiter).__name__}")
@@ -371,49 +483,57 @@ def load_csv(path: str | os.PathLike, *, label_column: int = -1, delimiter: str 
     features = array.array("d")
     labels: list[str] = []
     n_columns = first_row = label_index = None
+    described = ""
     try:
         for row, fields in _rows(text, delimiter):
             if n_columns is None:  # the first row: fixes the shape, may be a header
                 n_columns, first_row = len(fields), row
-                if n_columns < 2:
+                if n_columns < 2 and label_column != NO_LABELS:
                     raise ValueError(
                         f"{label}: row {row} has {n_columns} column; expected at least 2 "
                         f"(features and a label; is delimiter={delimiter!r} right?)")
-                if not -n_columns <= label_column < n_columns:
-                    raise ValueError(f"label_column={label_column} is out of range for the "
-                                     f"{n_columns} columns of {label}")
-                label_index = label_column % n_columns
-                if header == "auto":  # a name: a field neither empty nor a number
-                    is_header = any(field.strip() and not _is_number(field)
-                                    for i, field in enumerate(fields) if i != label_index)
-                else:
+                label_index, is_header, described = _first_row(fields, label_column, label,
+                                                                delimiter)
+                if header != "auto":
                     is_header = bool(header)
                 if is_header:
                     continue
             elif len(fields) != n_columns:
                 raise ValueError(f"{label}: row {row} has {len(fields)} columns; expected "
                                  f"{n_columns} (as in row {first_row})")
+            if label_index is None:
+                _parse_features(features, fields, fields, (), label, row)
+                continue
             value = fields[label_index].strip()
             if not value:
                 raise ValueError(f"{label}: row {row}, column {label_index + 1}: the label "
                                  f"is empty")
             labels.append(value)
-            try:
-                features.extend(map(float, fields[:label_index]))
-                features.extend(map(float, fields[label_index + 1:]))
-            except ValueError:
-                column = next(i for i, field in enumerate(fields)
-                              if i != label_index and not _is_number(field))
-                raise ValueError(f"{label}: row {row}, column {column + 1}: "
-                                 f"{fields[column]!r} is not a number") from None
+            _parse_features(features, fields[:label_index], fields, (label_index,), label, row)
+            _parse_features(features, fields[label_index + 1:], fields, (label_index,), label,
+                            row)
     except csv.Error as exc:
         raise ValueError(f"{label}: not a readable delimited text file ({exc})") from None
     if n_columns is None:
         raise ValueError(f"{label}: is empty; expected rows of features and a label")
-    if not labels:
+    width = n_columns - (label_index is not None)
+    n_rows = len(features) // width if width else 0
+    if not n_rows:
         raise ValueError(f"{label}: has a header but no data rows")
-    X = np.frombuffer(features, dtype=np.float64).reshape(len(labels), n_columns - 1)
-    return X.astype(dtype), _labels_array(labels)
+    X = np.frombuffer(features, dtype=np.float64).reshape(n_rows, width)
+    y = None if label_index is None else _labels_array(labels)
+    return X.astype(dtype), y, described
+
+
+def _parse_features(out: array.array, part: list[str], fields: list[str], skip: tuple,
+                    label: str, row: int) -> None:
+    try:
+        out.extend(map(float, part))
+    except ValueError:
+        column = next(i for i, field in enumerate(fields)
+                      if i not in skip and not _is_number(field))
+        raise ValueError(f"{label}: row {row}, column {column + 1}: "
+                         f"{fields[column]!r} is not a number") from None
 
 
 # --------------------------------------------------------------------------
@@ -629,27 +749,81 @@ def load(path: str | os.PathLike, **kwargs) -> tuple[np.ndarray, np.ndarray]:
     >>> X.tolist(), y.tolist()
     ([[0.5, 1.5], [2.5, 3.5]], [0, 1])
     """
-    resolved = _checks.file_path("path", path)
+    X, y, _ = load_labeled(path, **kwargs)
+    return X, y
+
+
+def _reader(resolved: Path, path) -> str:
     name = resolved.name.lower()
     base = name[:-3] if name.endswith(".gz") else name
     if name.endswith(".npz"):
-        return load_npz(path, **kwargs)
-    if base.endswith(".csv"):
-        return load_csv(path, **kwargs)
-    if base.endswith(".tsv"):
-        return load_csv(path, **{"delimiter": "\t", **kwargs})
-    if base.endswith(".txt"):
-        return load_csv(path, **{"delimiter": None, **kwargs})
+        return "npz"
+    for suffix in (".csv", ".tsv", ".txt"):
+        if base.endswith(suffix):
+            return suffix[1:]
     if _IDX_NAME.search(base):
-        if "labels_path" in kwargs:
-            return load_idx(path, **kwargs)
-        candidates = _idx_labels_beside(resolved)
-        for candidate in candidates:
-            if candidate.is_file():
-                return load_idx(path, candidate, **kwargs)
-        looked = (" (looked for " + " and ".join(str(c) for c in candidates) + ")"
-                  if candidates else "")
-        raise ValueError(f"{os.fspath(path)}: found no IDX labels file for these images"
-                         f"{looked}; pass labels_path=")
+        return "idx"
     raise ValueError(f"{os.fspath(path)}: unsupported file type; expected a name ending in one "
                      f"of {', '.join(SUPPORTED_SUFFIXES)}")
+
+
+def load_labeled(path: str | os.PathLike, *, label_column: int | str | None = None,
+                 n_features: int | None = None, **kwargs) -> tuple:
+    """:func:`load`, also saying where the labels came from: ``(X, y, where)``.
+
+    ``label_column`` is the CSV column (index or name) or NPZ array (name; or an index:
+    a column of ``X``) of the labels, default as in :func:`load_csv` and
+    :func:`load_npz`; for IDX images, the labels file's path. With ``n_features`` (a
+    model's input width) a file may hold no labels: a CSV of exactly ``n_features``
+    columns, an NPZ without a labels array, IDX images with no labels file; ``y`` is then
+    None (and ``where`` "no labels").
+    """
+    resolved = _checks.file_path("path", path)
+    kind = _reader(resolved, path)
+    delimiters = {"tsv": {"delimiter": "\t"}, "txt": {"delimiter": None}}
+    if kind in ("csv", "tsv", "txt"):
+        options = {**delimiters.get(kind, {}), **kwargs}
+        X, y, where = _load_csv(path, label_column=label_column, **options)
+        if n_features is not None and label_column is None and X.shape[1] + 1 == n_features:
+            X, y, where = _load_csv(path, label_column=NO_LABELS, **options)
+        return X, y, where
+    if kind == "npz":
+        return _load_npz(path, label_column=label_column, need_labels=n_features is None,
+                         **kwargs)
+    return _load_idx_labeled(resolved, path, label_column, n_features is None, kwargs)
+
+
+def _load_idx_labeled(resolved: Path, path, label_column, need_labels: bool, kwargs) -> tuple:
+    if label_column is not None and not isinstance(label_column, str):
+        raise ValueError(f"{os.fspath(path)}: IDX images keep their labels in a separate "
+                         f"file; give its path as label_column (got {label_column!r})")
+    labels_path = kwargs.pop("labels_path", label_column)
+    if labels_path is not None:
+        X, y = load_idx(path, labels_path, **kwargs)
+        return X, y, f"IDX file {os.fspath(labels_path)}"
+    candidates = _idx_labels_beside(resolved)
+    for candidate in candidates:
+        if candidate.is_file():
+            X, y = load_idx(path, candidate, **kwargs)
+            return X, y, f"IDX file {candidate}"
+    if not need_labels:
+        return load_idx(path, **kwargs), None, "no labels"
+    looked = (" (looked for " + " and ".join(str(c) for c in candidates) + ")"
+              if candidates else "")
+    raise ValueError(f"{os.fspath(path)}: found no IDX labels file for these images"
+                     f"{looked}; pass labels_path=")
+
+
+def label_warning(y: np.ndarray, where: str = "the labels") -> str | None:
+    """A warning if class labels ``y`` look like a continuous feature, else None: labels that
+    are not all integers, or more than 20 distinct values averaging under 5 rows each
+    (e.g. 121 values in 178 rows)."""
+    y = np.asarray(y)
+    if y.dtype.kind == "f" and not np.all(np.isnan(y) | (y == np.round(y))):
+        return (f"{where} are non-integer numbers ({np.unique(y).size} distinct values in "
+                f"{y.size} rows): a continuous feature, not classes?")
+    distinct = np.unique(y).size
+    if distinct > 20 and distinct * 5 > y.size:
+        return (f"{where} have {distinct} distinct values in {y.size} rows (under 5 rows a "
+                f"class): they look like a continuous feature, not classes")
+    return None

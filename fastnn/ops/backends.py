@@ -87,8 +87,20 @@ def _stale_reason(module) -> str | None:
         return (
             f"the compiled module {os.path.basename(module.__file__)} was built from an older "
             "kernel source (_kernels.pyx.tp, _kernels.h) than the one beside it (an editable "
-            "install not rebuilt?)"
+            "install not rebuilt?); rebuild with `pip install .` (editable: `pip install -e .`)"
         )
+    return None
+
+
+def _source_tree() -> str | None:
+    """The checkout's folder if fastnn is imported from its source tree without a compiled
+    module (a folder with setup.py beside the package and no ``_kernels`` extension)."""
+    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    root = os.path.dirname(package)
+    built = any(name.startswith("_kernels.") and name.endswith((".so", ".pyd"))
+                for name in os.listdir(package))
+    if not built and os.path.isfile(os.path.join(root, "setup.py")):
+        return root
     return None
 
 
@@ -96,7 +108,15 @@ def _load_cython() -> tuple[_Backend | None, str | None]:
     try:
         from .. import _kernels
     except ImportError as exc:
-        return None, f"the compiled module fastnn._kernels could not be imported ({exc})"
+        root = _source_tree()
+        if root is not None:
+            return None, (
+                f"you are importing fastnn from its source tree ({root}), where the compiled "
+                "module was never built; run from another folder (to use the installed "
+                "fastnn), or build in place with `pip install -e .` or `python setup.py "
+                "build_ext --inplace`")
+        return None, (f"the compiled module fastnn._kernels could not be imported ({exc}); "
+                      "rebuild with `pip install .` (or `python setup.py build_ext --inplace`)")
     reason = _stale_reason(_kernels)
     if reason is not None:
         return None, reason
@@ -110,8 +130,7 @@ if _CYTHON is not None:
     _BACKENDS["cython"] = _CYTHON
 else:
     warnings.warn(
-        f"fastnn: {_CYTHON_PROBLEM}; falling back to the NumPy backend, which is slower. "
-        "Rebuild with `pip install .` (or `python setup.py build_ext --inplace`).",
+        f"fastnn: {_CYTHON_PROBLEM}; falling back to the NumPy backend, which is slower.",
         FastnnBuildWarning,
         stacklevel=2,
     )
