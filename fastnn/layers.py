@@ -808,28 +808,25 @@ class Standardize(Layer):
         dt = x.dtype
         return (x - self.s["mean"].astype(dt)) / self.s["std"].astype(dt)
 
-    #: Widest input planned as a product with the diagonal matrix 1/std (n*d*d work);
-    #: wider inputs run per-layer, where the elementwise form costs n*d.
-    PLAN_MAX_FEATURES = 256
-
     def plan_step(self, x, x_writable, next_layer):
-        if self.input_dim > self.PLAN_MAX_FEATURES:
-            return (f"a Standardize of more than {self.PLAN_MAX_FEATURES} features runs "
-                    "per-layer")
         self._require_adapted()
-        inv = 1.0 / self.s["std"].astype(np.float64)
-        diagonal = np.diag(inv).astype(self.dtype)  # x @ diag(1/std) - mean/std
-        shift = (-self.s["mean"] * inv).astype(self.dtype)
         out = np.empty_like(x)
-        forward = [ops.plan_matmul(x, diagonal, out, bias=shift)]
+        forward = [ops.plan_standardize(x, self.s["mean"], self.s["std"], out)]
+        zeros = np.zeros(self.input_dim, self.dtype)
 
-        def backward(d, need_dx):
+        def backward(d, need_dx):  # dx = d / std
             if not need_dx:
                 return [], None
             dx = np.empty_like(d)
-            return [ops.plan_matmul(d, diagonal, dx, trans_b=True)], dx
+            return [ops.plan_standardize(d, zeros, self.s["std"], dx)], dx
 
         return PlannedStep(forward, out, backward, writable=True)
+
+    def plan_infer(self, x, x_writable, next_layer):
+        self._require_adapted()
+        out = x if x_writable else np.empty_like(x)
+        return _inference_step([ops.plan_standardize(x, self.s["mean"], self.s["std"], out)],
+                               out, writable=True)
 
     def fold(self, steps, previous) -> None:
         self._require_adapted()

@@ -33,6 +33,8 @@ ARCHITECTURES = {
     "bn-after-activation": lambda: [L.Dense(16), L.ReLU(), L.BatchNorm(), L.Dense(3),
                                     L.Softmax()],
     "regressor": lambda: [L.Dense(16), L.BatchNorm(), L.ReLU(), L.Dense(2)],
+    "standardize": lambda: [L.Standardize(np.linspace(-1, 1, 10), np.linspace(0.5, 3, 10)),
+                            *L.mlp([16], 3)],
 }
 
 
@@ -362,3 +364,31 @@ def test_fit_runs_small_products_on_one_blas_thread_and_large_ones_on_the_settin
                 batch_size=256, callbacks=[record], verbose=0)
         assert record.seen == [[2]]
         assert set(_blas_threads()) == {2}  # restored after fit
+
+
+def test_standardize_op_reads_the_live_statistics(dtype):
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((5, 9)).astype(dtype)
+    mean = rng.standard_normal(9).astype(dtype)
+    std = rng.uniform(0.5, 2.0, 9).astype(dtype)
+    out = np.empty_like(x)
+    op = ops.plan_standardize(x, mean, std, out)
+    op()
+    np.testing.assert_allclose(out, (x - mean) / std, **TOL[dtype])
+    std *= 2.0  # a new adapt writes the state in place: the op sees it
+    op()
+    np.testing.assert_allclose(out, (x - mean) / std, **TOL[dtype])
+
+
+def test_a_standardized_model_trains_planned_like_per_layer():
+    rng = np.random.default_rng(5)
+    X = rng.standard_normal((64, 300)) * 5 + 2  # wider than any diagonal-product limit
+    y = rng.integers(0, 3, 64)
+    results = []
+    for plan in (True, False):
+        model = Sequential([L.Standardize().adapt(X), *L.mlp([16], 3)], seed=0)
+        model.plan_steps = plan
+        history = model.fit(X, y, epochs=2, batch_size=16, verbose=0)
+        results.append((history.history["loss"], model.predict_proba(X[:5])))
+    np.testing.assert_allclose(results[0][0], results[1][0], rtol=1e-4)
+    np.testing.assert_allclose(results[0][1], results[1][1], rtol=1e-4, atol=1e-5)

@@ -44,6 +44,7 @@ from .bound import (
     plan_matmul,
     plan_softmax,
     plan_softmax_cross_entropy,
+    plan_standardize,
     program,
 )
 from .calls import (
@@ -81,6 +82,7 @@ __all__ = [
     "plan_matmul",
     "plan_softmax",
     "plan_softmax_cross_entropy",
+    "plan_standardize",
     "program",
     "rmsprop_update",
     "set_backend",

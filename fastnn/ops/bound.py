@@ -34,7 +34,7 @@ from .calls import BatchNormCache, _check_states
 __all__ = ["SMALL_GEMM_MAX", "bind_adam", "can_plan", "plan_activation",
            "plan_batchnorm_backward", "plan_batchnorm_eval", "plan_batchnorm_train",
            "plan_column_sum", "plan_finite", "plan_gather", "plan_matmul", "plan_softmax",
-           "plan_softmax_cross_entropy", "program"]
+           "plan_softmax_cross_entropy", "plan_standardize", "program"]
 
 _INF = math.inf
 
@@ -313,6 +313,18 @@ def plan_softmax_cross_entropy(logits, labels, grad, row_loss, *, class_weight=N
     return _op_class("SoftmaxCrossEntropyOp", dtype)(
         logits, labels, class_weight, grad, row_loss, label_smoothing)
 
+
+def plan_standardize(x, mean, std, out):
+    """Bound op: ``out = (x - mean) / std`` per column, reading the live ``mean`` and
+    ``std`` on every run (``std`` > 0 is the caller's to keep). ``out`` may be ``x``."""
+    dtype = _plan_dtype("x", x)
+    x = _live("x", x, None, dtype, ndim=2)
+    vec = (x.shape[1],)
+    mean, std = _live("mean", mean, vec, dtype), _live("std", std, vec, dtype)
+    out = _live("out", out, x.shape, dtype, writable=True)
+    inputs = [("mean", mean), ("std", std)]
+    _check_outputs([("out", out)], inputs if out is x else [("x", x), *inputs])
+    return _op_class("StandardizeOp", dtype)(x, mean, std, out, np.empty(vec, dtype))
 
 def plan_finite(z):
     """Bound op: after a run, its ``finite`` says whether every value of ``z`` is finite."""
