@@ -4,7 +4,9 @@ OpenBLAS starts one thread per core and decides per call whether to use them; on
 product, or on a 2-core machine whose other core is busy, its extra thread spins on a
 core it does not get and the product runs several times slower. fastnn therefore
 decides itself, per call of its own: a product of fewer than :data:`PARALLEL_MIN_MACS`
-multiply-adds runs on one thread; a larger one on :func:`get_num_threads` threads. The
+multiply-adds runs on one thread; a larger one on :func:`get_num_threads` threads, and
+never on more than the program lets BLAS use (``threadpool_limits``,
+``OPENBLAS_NUM_THREADS``). The
 limit holds only while fastnn computes (``fit``, ``predict``, ``evaluate``): the BLAS
 setting of the rest of the program is restored afterwards.
 
@@ -119,8 +121,10 @@ def _blas():
 def limited(n: int):
     """BLAS limited to ``n`` threads inside the block (for every thread of the process).
 
-    Nested and concurrent blocks share one limit: the first to enter sets it, the last
-    to leave restores what the program had. (A concurrent block asking for a different
+    Never raises BLAS above what the program set (``threadpool_limits(1)`` or
+    ``OPENBLAS_NUM_THREADS=1`` outside fastnn hold inside it too). Nested and concurrent
+    blocks share one limit: the first to enter sets it, the last to leave restores what
+    the program had. (A concurrent block asking for a different
     count runs under the first one's: the limit is process-wide in BLAS itself.)
     """
     _enter(n)
@@ -137,7 +141,7 @@ def _enter(n: int) -> None:
             controllers = _blas()
             _saved = [(c, c.num_threads) for c in controllers]
             for c, had in _saved:
-                if had != n:
+                if n < had:  # never more threads than the program allows BLAS
                     c.set_num_threads(n)
         _depth += 1
 

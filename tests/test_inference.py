@@ -392,3 +392,13 @@ def test_a_standardized_model_trains_planned_like_per_layer():
         results.append((history.history["loss"], model.predict_proba(X[:5])))
     np.testing.assert_allclose(results[0][0], results[1][0], rtol=1e-4)
     np.testing.assert_allclose(results[0][1], results[1][1], rtol=1e-4, atol=1e-5)
+
+
+def test_fastnn_never_raises_the_programs_own_blas_limit():
+    rng = np.random.default_rng(0)
+    with ThreadpoolController().limit(limits=1, user_api="blas"), fastnn.threads(2):
+        big = Sequential(L.mlp([256], 10), seed=0)
+        record = _RecordThreads()
+        big.fit(rng.standard_normal((512, 784)), rng.integers(0, 10, 512), epochs=1,
+                batch_size=256, callbacks=[record], verbose=0)
+        assert record.seen == [[1]]
