@@ -30,7 +30,7 @@ __all__ = ["DigitsObjective", "MLPBuilder", "ModelObjective", "checkpoint_path",
            "tune_model"]
 
 # search() arguments that go to Study.optimize rather than to create_study.
-_OPTIMIZE_KEYS = ("n_jobs", "executor", "timeout", "callbacks", "verbose")
+_OPTIMIZE_KEYS = ("n_jobs", "executor", "timeout", "trial_timeout", "callbacks", "verbose")
 
 
 # ------------------------------------------------------------------------------------------
