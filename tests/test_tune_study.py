@@ -395,7 +395,7 @@ def test_trial_report_checks_its_arguments():
      "storage directory '/no/such/dir' does not exist"),
     ({"seed": -3}, ValueError, "seed must be an integer >= 0; got -3"),
     ({"seed": 1.0}, TypeError, "seed must be an integer >= 0; got 1.0"),
-    ({"timeout": 0}, ValueError, "timeout must be a positive number"),
+    ({"timeout": 0}, ValueError, r"timeout must be in \(0.0, inf\); got 0"),
     ({"executor": object()}, TypeError, "executor must be a concurrent.futures.Executor"),
     ({"callbacks": print}, TypeError, "callbacks must be a list"),
     ({"strategy": None, "rounds": 3}, TypeError, "without a strategy"),

@@ -174,16 +174,17 @@ def _run_guarded(objective, trial: Trial) -> Outcome:
                        time.perf_counter() - start)
 
 
-def _exit_with_parent() -> None:
-    """Start a daemon thread that ends this process when its parent (the coordinator, or the
-    executor's worker for a child trial) has gone: no orphan outlives a killed search."""
-    parent = os.getppid()
-
+def _exit_with_parent(parent: int) -> None:
+    """End this process when its parent process ``parent`` (the coordinator, or the
+    executor's worker for a child trial) has gone, now or later, whatever killed it: a daemon
+    thread watches. No orphan outlives a killed search."""
     def watch() -> None:
         while os.getppid() == parent:
             time.sleep(_PARENT_POLL)
         os._exit(1)
 
+    if os.getppid() != parent:  # it died while this process was starting
+        os._exit(1)
     threading.Thread(target=watch, name="fastnn-tune-parent-watch", daemon=True).start()
 
 
@@ -195,14 +196,15 @@ def _load_objective(payload: bytes):
         return None, "the worker could not load the objective: " + _error_text(exc)
 
 
-def _serve(conn, payload: bytes) -> None:
+def _serve(conn, payload: bytes, parent: int) -> None:
     """A pool worker's main loop: receive a Trial, say it started, run it, send the Outcome.
 
     Ignores SIGINT (Ctrl-C in a terminal reaches the whole process group; the coordinator
-    stops the workers itself) and ends when the coordinator dies or closes the pipe.
+    stops the workers itself) and ends when the coordinator (process ``parent``) dies or
+    closes the pipe.
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _exit_with_parent()
+    _exit_with_parent(parent)
     objective, problem = _load_objective(payload)
     while True:
         try:
@@ -233,10 +235,10 @@ def _child_main() -> None:
     """The child process of :func:`_run_in_child`: stdin brings (payload, trial); stdout
     carries a start byte, then the pickled Outcome (the objective's prints go to stderr)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _exit_with_parent()
     results = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)
-    payload, trial = pickle.loads(sys.stdin.buffer.read())
+    parent, payload, trial = pickle.loads(sys.stdin.buffer.read())
+    _exit_with_parent(parent)
     objective, problem = _load_objective(payload)
     results.write(b"S")
     results.flush()
@@ -259,7 +261,7 @@ def _run_in_child(payload: bytes, trial: Trial, limit: float) -> Outcome:
     child = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
     try:
         with contextlib.suppress(BrokenPipeError):
-            child.stdin.write(pickle.dumps((payload, trial)))
+            child.stdin.write(pickle.dumps((os.getpid(), payload, trial)))
             child.stdin.close()
         if child.stdout.read(1) != b"S":
             return _child_died(trial, child)
@@ -398,8 +400,8 @@ class _Worker:
 
     def __init__(self, context, payload: bytes) -> None:
         self.conn, child = context.Pipe()
-        self.process = context.Process(target=_serve, args=(child, payload), daemon=True,
-                                       name="fastnn-tune-worker")
+        self.process = context.Process(target=_serve, args=(child, payload, os.getpid()),
+                                       daemon=True, name="fastnn-tune-worker")
         self.process.start()
         child.close()
         self.trial: Trial | None = None
@@ -722,13 +724,10 @@ def _check_callbacks(callbacks) -> list:
 
 
 def _check_seconds(name: str, value) -> float | None:
+    """None, or a positive finite number of seconds."""
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a positive number of seconds or None; got {value!r}")
-    if not 0 < value < math.inf:
-        raise ValueError(f"{name} must be a positive number of seconds or None; got {value!r}")
-    return float(value)
+    return _checks.real(name, value, 0.0, math.inf, low_open=True, high_open=True)
 
 
 def _dispatcher(objective, n_jobs, executor, trial_timeout, deadline):
