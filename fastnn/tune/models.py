@@ -451,7 +451,7 @@ def tune_model(build_fn, X, y, space: dict, *, epochs: int = 10, validation_spli
     **search_kw
         :func:`fastnn.tune.search` arguments: ``strategy``, ``n_trials``, ``n_jobs``,
         ``executor``, ``storage``, ``seed``, ``direction``, ``pruner``, ``timeout``,
-        ``callbacks``, ``verbose`` and strategy options.
+        ``trial_timeout``, ``callbacks``, ``verbose`` and strategy options.
 
     Returns
     -------
