@@ -30,7 +30,7 @@ __all__ = ["DigitsObjective", "MLPBuilder", "ModelObjective", "checkpoint_path",
            "tune_model"]
 
 # search() arguments that go to Study.optimize rather than to create_study.
-_OPTIMIZE_KEYS = ("n_jobs", "executor", "timeout", "callbacks", "verbose")
+_OPTIMIZE_KEYS = ("n_jobs", "executor", "timeout", "trial_timeout", "callbacks", "verbose")
 
 
 # ------------------------------------------------------------------------------------------
@@ -451,7 +451,7 @@ def tune_model(build_fn, X, y, space: dict, *, epochs: int = 10, validation_spli
     **search_kw
         :func:`fastnn.tune.search` arguments: ``strategy``, ``n_trials``, ``n_jobs``,
         ``executor``, ``storage``, ``seed``, ``direction``, ``pruner``, ``timeout``,
-        ``callbacks``, ``verbose`` and strategy options.
+        ``trial_timeout``, ``callbacks``, ``verbose`` and strategy options.
 
     Returns
     -------

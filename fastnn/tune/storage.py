@@ -32,6 +32,10 @@ Two tables. ``study`` holds one row of metadata::
     duration           REAL     seconds the objective ran (measured where it ran)
     attempts           INTEGER  how many times the trial was dispatched (> 1 after a resume)
     parent             INTEGER  resume_trial: the trial whose checkpoint this one continued
+    crashes            INTEGER  how many coordinators died while running the trial inline:
+                                counted when an inline attempt starts, uncounted when the
+                                coordinator outlives it (files written before this column
+                                existed get it, as 0, when opened)
 
 A trial row is inserted as "running", with its params and seed, before the trial is handed to
 a worker; its result is written in one transaction when it comes back. A coordinator killed at
@@ -89,12 +93,14 @@ CREATE TABLE IF NOT EXISTS trials (
     datetime_complete TEXT,
     duration REAL,
     attempts INTEGER NOT NULL DEFAULT 1,
-    parent INTEGER
+    parent INTEGER,
+    crashes INTEGER NOT NULL DEFAULT 0
 );
 """
 
 _TRIAL_COLUMNS = ("number", "state", "params", "seed", "value", "reports", "error",
-                  "datetime_start", "datetime_complete", "duration", "attempts", "parent")
+                  "datetime_start", "datetime_complete", "duration", "attempts", "parent",
+                  "crashes")
 
 
 def _decode(row: tuple) -> dict:
@@ -190,6 +196,9 @@ class Storage:
             conn.execute("PRAGMA synchronous = NORMAL")
         if not {"study", "trials"} <= tables:
             conn.executescript(_SCHEMA)  # idempotent (IF NOT EXISTS)
+        columns = {row[1] for row in conn.execute("PRAGMA table_info(trials)")}
+        if "crashes" not in columns:  # a file from before the column: add it
+            conn.execute("ALTER TABLE trials ADD COLUMN crashes INTEGER NOT NULL DEFAULT 0")
         row = conn.execute("SELECT format, format_version FROM study WHERE id = 1").fetchone()
         if row is not None:
             if row[0] != FORMAT_NAME:
@@ -273,26 +282,48 @@ class Storage:
         return int(count)
 
     def insert_running(self, number: int, params: dict, seed: int,
-                       parent: int | None = None) -> str:
-        """Record trial ``number`` as running (before it is dispatched); returns its start time."""
+                       parent: int | None = None, *, inline: bool = False) -> str:
+        """Record trial ``number`` as running (before it is dispatched); returns its start time.
+
+        ``inline``: the trial runs in this process (counted in ``crashes`` until
+        :meth:`release`).
+
+        Raises
+        ------
+        RuntimeError
+            If the file has a trial ``number`` already (another process wrote to it).
+        """
         start = now()
-        with self._transaction() as conn:
-            conn.execute(
-                "INSERT INTO trials (number, state, params, seed, datetime_start, parent) "
-                "VALUES (?, 'running', ?, ?, ?, ?)",
-                (number, dumps(params), int(seed), start, parent))
+        try:
+            with self._transaction() as conn:
+                conn.execute(
+                    "INSERT INTO trials (number, state, params, seed, datetime_start, parent, "
+                    "crashes) VALUES (?, 'running', ?, ?, ?, ?, ?)",
+                    (number, dumps(params), int(seed), start, parent, int(inline)))
+        except sqlite3.IntegrityError:
+            raise RuntimeError(f"{self.path} has a trial {number} already: another process "
+                               "wrote to this study meanwhile (a study has one coordinator at "
+                               "a time)") from None
         return start
 
-    def restart_running(self, number: int) -> str:
-        """A running trial left by an interrupted search is dispatched again."""
+    def restart_running(self, number: int, *, inline: bool = False) -> str:
+        """A running trial left by an interrupted search is dispatched again (``inline``: in
+        this process, counted in ``crashes`` until :meth:`release`)."""
         start = now()
         with self._transaction() as conn:
             cursor = conn.execute(
-                "UPDATE trials SET datetime_start = ?, attempts = attempts + 1, reports = '{}' "
-                "WHERE number = ? AND state = 'running'", (start, number))
+                "UPDATE trials SET datetime_start = ?, attempts = attempts + 1, reports = '{}', "
+                "crashes = crashes + ? WHERE number = ? AND state = 'running'",
+                (start, int(inline), number))
             if cursor.rowcount != 1:
                 raise RuntimeError(f"trial {number} is not a running trial in {self.path}")
         return start
+
+    def release(self, number: int) -> None:
+        """The process that ran trial ``number`` inline outlived the attempt: uncount it."""
+        with self._transaction() as conn:
+            conn.execute("UPDATE trials SET crashes = crashes - 1 WHERE number = ? "
+                         "AND crashes > 0", (number,))
 
     def finish(self, number: int, *, state: str, value: float | None, reports: dict,
                error: str | None, duration: float | None) -> str:

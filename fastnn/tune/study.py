@@ -12,7 +12,8 @@ gives every trial the same seed wherever and whenever it runs.
 The runner (:mod:`fastnn.tune.runner`) drives a search through the Study's public methods
 only: :meth:`Study.propose` and :meth:`Study.start` (what :meth:`Study.ask` does in two
 steps), :meth:`Study.rerun` for trials an interrupted search left running,
-:meth:`Study.barrier`, :meth:`Study.tell`, :meth:`Study.lock`.
+:meth:`Study.release` after an inline trial, :meth:`Study.barrier`, :meth:`Study.tell`,
+:meth:`Study.lock`.
 """
 
 from __future__ import annotations
@@ -106,6 +107,38 @@ def check_params(space: dict, params) -> dict:
     return checked
 
 
+def _acquire(fcntl, path: str, storage: str) -> int:
+    """Lock file ``path`` (created if missing) for this process; returns its descriptor.
+
+    A holder removes the file before it unlocks, so a descriptor locked here may belong to a
+    file that is gone (opened before that removal, locked after the unlock): the lock counts
+    only if ``path`` still names the locked file; otherwise take the new file.
+
+    Raises
+    ------
+    RuntimeError
+        If another process holds the lock.
+    """
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.read(fd, 32).decode("ascii", "replace").strip() or "?"
+            os.close(fd)
+            raise RuntimeError(f"another process (pid {holder}) is running a search on "
+                               f"{storage}; a study has one coordinator at a time") from None
+        try:
+            same = os.path.samestat(os.fstat(fd), os.stat(path))
+        except FileNotFoundError:
+            same = False
+        if same:
+            os.ftruncate(fd, 0)
+            os.write(fd, str(os.getpid()).encode())
+            return fd
+        os.close(fd)
+
+
 # ------------------------------------------------------------------------------------------
 # The study
 # ------------------------------------------------------------------------------------------
@@ -130,6 +163,34 @@ class Study:
         The study's total number of trials (what a search completes, counting resumed runs).
     storage : str
         The SQLite file, or ":memory:".
+
+    Notes
+    -----
+    A trial's ``state`` and, for a failed one, its ``error``:
+
+    ``"running"``
+        Recorded before the trial is dispatched. A search that ends early (Ctrl-C, a kill of
+        the coordinator, the search's ``timeout``) leaves its trials in flight running; a
+        search resumed on the same storage runs them again with the same params and seed,
+        except a trial that coordinators died running inline twice (``crashes >= 2``: the
+        trial itself probably kills the process), which is recorded as failed instead.
+    ``"complete"``
+        The objective returned a finite real number, stored as ``value``.
+    ``"pruned"``
+        The objective raised :class:`TrialPruned`.
+    ``"failed"``, with ``error`` saying why:
+        the objective raised (``"ValueError: ..."`` and the last traceback frames;
+        ``SystemExit`` included, and ``KeyboardInterrupt`` raised in a worker); it returned
+        something that is not a finite float (``"TypeError: the objective returned str
+        ..."``, ``"ValueError: the objective returned nan"``, ``10**400`` which overflows a
+        float); its worker process died (``"the worker process died while running this
+        trial (exit code ...)"``); it ran past ``trial_timeout`` (``"TimeoutError: the trial
+        ran longer than trial_timeout=..."``, its worker killed and replaced); coordinators
+        died running it inline twice (``"the coordinator process died 2 times ..."``); the
+        executor could not run it (``"the executor could not run the trial: ..."``).
+
+    Inline, a ``KeyboardInterrupt`` stops the search (the trial stays running). Pool
+    workers ignore Ctrl-C (the coordinator stops them) and exit when the coordinator dies.
     """
 
     def __init__(self, storage: Storage, meta: dict) -> None:
@@ -327,8 +388,10 @@ class Study:
         """Hold the study's lock file while the block runs: one coordinator at a time writes a
         storage file (a search holds it throughout; ask and tell take it briefly).
 
-        Reentrant for this Study object. A ":memory:" study, or a system without ``fcntl``,
-        has no lock.
+        The lock file is ``<file>.lock`` beside the file the storage path resolves to (through
+        symbolic links, so two paths to one file share one lock); it is removed when the lock
+        is released, and a stale one left by a killed process is taken over. Reentrant for
+        this Study object. A ":memory:" study, or a system without ``fcntl``, has no lock.
 
         Raises
         ------
@@ -347,25 +410,17 @@ class Study:
         except ImportError:  # not POSIX: no lock (documented)
             yield
             return
-        with open(self.storage + ".lock", "a+") as fh:
-            try:
-                fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                fh.seek(0)
-                holder = fh.read().strip() or "?"
-                raise RuntimeError(f"another process (pid {holder}) is running a search on "
-                                   f"{self.storage}; a study has one coordinator at a "
-                                   "time") from None
-            fh.seek(0)
-            fh.truncate()
-            fh.write(str(os.getpid()))
-            fh.flush()
-            self._locks += 1
-            try:
-                yield
-            finally:
-                self._locks -= 1
-                fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+        path = os.path.realpath(self.storage) + ".lock"
+        fd = _acquire(fcntl, path, self.storage)
+        self._locks += 1
+        try:
+            yield
+        finally:
+            self._locks -= 1
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)  # while still holding it: see _acquire
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
 
     # -- trials: ask and tell by hand ("panda"), and the steps a runner takes ------------------
 
@@ -437,24 +492,28 @@ class Study:
                     "running: tell their results first")
             return self.strategy.propose(number, self._history(finished, barrier))
 
-    def start(self, params: dict, *, parent: int | None = None) -> Trial:
+    def start(self, params: dict, *, parent: int | None = None,
+              inline: bool = False) -> Trial:
         """Record the next trial as "running" with ``params`` and return the Trial to run.
 
         ``params`` are taken as given (a proposal, or hand-given values :meth:`ask` has
         checked); the trial's seed follows from its number. ``parent``: the trial that
         :func:`~fastnn.tune.resume_trial` continues (such a trial has no pruner).
+        ``inline``: the trial will run in this process, which calls :meth:`release` when it
+        ends (until then the attempt counts in :attr:`FrozenTrial.crashes`).
         """
         with self.lock():
             number = self._storage.next_number()
             seed = trial_seed(self.seed, number)
-            self._storage.insert_running(number, params, seed, parent=parent)
+            self._storage.insert_running(number, params, seed, parent=parent, inline=inline)
             if parent is not None:
                 return Trial(number, params, seed, direction=self.direction)
             return self._make_trial(number, params, seed)
 
-    def rerun(self, number: int) -> Trial:
+    def rerun(self, number: int, *, inline: bool = False) -> Trial:
         """Start again trial ``number``, left "running" by a search that was interrupted (or
         whose worker died): same params and seed, its reports cleared, one more attempt.
+        ``inline`` as for :meth:`start`.
 
         Raises
         ------
@@ -466,8 +525,14 @@ class Study:
             if current.state != "running":
                 raise ValueError(f"trial {number} is {current.state}, not running: only a "
                                  "running trial can run again")
-            self._storage.restart_running(number)
+            self._storage.restart_running(number, inline=inline)
             return self._make_trial(number, current.params, current.seed)
+
+    def release(self, number: int) -> None:
+        """Trial ``number``, started with ``inline=True``, ended in this process (however it
+        ended, Ctrl-C included): its attempt no longer counts as a crash of the coordinator."""
+        with self.lock():
+            self._storage.release(number)
 
     def tell(self, trial: Trial | int, value: float | None = None, *, state: str = "complete",
              error: str | None = None, reports: dict | None = None,
@@ -530,7 +595,8 @@ class Study:
     # -- running -------------------------------------------------------------------------------
 
     def optimize(self, objective, n_trials: int | None = None, *, n_jobs: int | None = None,
-                 executor=None, timeout: float | None = None, callbacks=None,
+                 executor=None, timeout: float | None = None,
+                 trial_timeout: float | None = None, callbacks=None,
                  verbose: int = 0) -> Study:
         """Run trials until the study has ``n_trials`` finished trials in total.
 
@@ -540,7 +606,7 @@ class Study:
         and seed.
         """
         run(self, objective, n_trials, n_jobs=n_jobs, executor=executor, timeout=timeout,
-            callbacks=callbacks, verbose=verbose)
+            trial_timeout=trial_timeout, callbacks=callbacks, verbose=verbose)
         return self
 
     # -- reporting -----------------------------------------------------------------------------
@@ -741,7 +807,8 @@ def load_study(path) -> Study:
 def search(objective, space: dict, strategy=None, n_trials: int | None = None,
            n_jobs: int | None = None, executor=None, storage=MEMORY, seed: int | None = None,
            direction: str | None = None, pruner=None, *, timeout: float | None = None,
-           callbacks=None, verbose: int = 0, **strategy_options) -> Study:
+           trial_timeout: float | None = None, callbacks=None, verbose: int = 0,
+           **strategy_options) -> Study:
     """Search ``space`` for the parameters that optimize ``objective``.
 
     Parameters
@@ -750,8 +817,10 @@ def search(objective, space: dict, strategy=None, n_trials: int | None = None,
         ``objective(params, trial) -> float``: ``params`` is a dict of values, ``trial``
         has ``.number``, ``.seed`` (seed the trial's randomness with it), ``.report(value,
         step)`` and ``.should_prune()``. Raising :class:`TrialPruned` records the trial as
-        pruned; raising anything else, or returning NaN or a non-number, records it as
-        failed with the error, and the search goes on.
+        pruned; raising anything else (``SystemExit`` included, and ``KeyboardInterrupt``
+        in a worker), returning something that is not a finite float (NaN, ``10**400``, a
+        string), killing its worker or running past ``trial_timeout`` records it as failed
+        with the reason, and the search goes on (see :class:`Study` for every state).
     space : dict
         Name -> distribution (:class:`LogUniform` for a learning rate,
         :class:`OneMinusLogUniform` for β, ...) or a constant.
@@ -785,7 +854,22 @@ def search(objective, space: dict, strategy=None, n_trials: int | None = None,
     pruner : "median", "halving", Pruner or None
         Stops unpromising trials from their ``trial.report`` values.
     timeout : float, optional
-        Seconds after which no new trial starts (those in flight finish).
+        Seconds the whole search may take, the trials in flight included: at the limit no
+        new trial starts and those in flight are stopped (their workers killed; inline, the
+        objective is interrupted by ``SIGALRM`` when the search runs in the main thread of a
+        POSIX system, otherwise the inline trial finishes). Stopped trials stay "running",
+        so a search resumed on the same storage runs them again with the same params and
+        seed.
+    trial_timeout : float, optional
+        Seconds one trial may run; a trial that runs longer is recorded as "failed" with a
+        ``TimeoutError`` and the search goes on. With ``n_jobs > 1`` its worker process is
+        killed and replaced (the limit counts from when the worker starts the trial). With
+        ``executor``, each trial runs in a child process of the executor's worker, killed at
+        the limit (the objective is sent there with cloudpickle when installed; a new
+        process per trial costs about as much as importing fastnn). Inline (``n_jobs=1``),
+        the objective is interrupted by ``SIGALRM``, which needs the main thread of a POSIX
+        system, and code that does not return to Python (a long native call) is interrupted
+        only when it returns: use ``n_jobs=2`` for a hard limit.
     callbacks : list of callables, optional
         ``callback(study, frozen_trial)`` after each trial is recorded.
     verbose : 0 or 1
@@ -831,5 +915,5 @@ def search(objective, space: dict, strategy=None, n_trials: int | None = None,
     study = create_study(space, strategy, storage=storage, seed=seed, direction=direction,
                          pruner=pruner, n_trials=n_trials, **strategy_options)
     study.optimize(objective, n_trials, n_jobs=n_jobs, executor=executor, timeout=timeout,
-                   callbacks=callbacks, verbose=verbose)
+                   trial_timeout=trial_timeout, callbacks=callbacks, verbose=verbose)
     return study

@@ -134,6 +134,10 @@ class FrozenTrial:
         How many times the trial was dispatched (more than 1 after a resume).
     parent : int or None
         For a trial made by :func:`fastnn.tune.resume_trial`: the trial it continued.
+    crashes : int
+        How many coordinator processes died while running this trial inline (a running
+        trial's current inline attempt is counted until it ends). A search resumed on a
+        running trial with ``crashes >= 2`` records it as failed instead of running it again.
     """
 
     number: int
@@ -148,6 +152,7 @@ class FrozenTrial:
     duration: float | None
     attempts: int = 1
     parent: int | None = None
+    crashes: int = 0
 
     @classmethod
     def from_row(cls, row: dict) -> FrozenTrial:
@@ -155,7 +160,8 @@ class FrozenTrial:
                    value=row["value"], seed=row["seed"], reports=row["reports"],
                    error=row["error"], datetime_start=_parse_time(row["datetime_start"]),
                    datetime_complete=_parse_time(row["datetime_complete"]),
-                   duration=row["duration"], attempts=row["attempts"], parent=row["parent"])
+                   duration=row["duration"], attempts=row["attempts"], parent=row["parent"],
+                   crashes=row["crashes"])
 
     @property
     def finished(self) -> bool:
