@@ -743,7 +743,8 @@ def _cmd_tune_search(args: argparse.Namespace) -> int:
     common = dict(strategy=strategy, n_trials=_tune_trials(args), storage=args.storage or
                   ":memory:", seed=args.seed, direction=args.direction,
                   pruner=None if args.pruner == "none" else args.pruner, epochs=args.epochs,
-                  metric=args.metric, checkpoint_dir=args.checkpoint_dir, verbose=1)
+                  metric=args.metric, checkpoint_dir=args.checkpoint_dir, verbose=1,
+                  timeout=args.timeout, trial_timeout=args.trial_timeout)
     space = _tune_space(args)
     workers = f"{args.jobs} worker(s)" + (f" on dask {args.dask}" if args.dask else "")
     X, y, source, where = _load_data(args)
@@ -868,6 +869,13 @@ def _add_tune_parser(sub) -> None:
                            "for a LocalCluster of --jobs processes (needs the dask extra)")
     tune.add_argument("--checkpoint-dir",
                       help="keep every trial's model there (for fastnn.tune.resume_trial)")
+    tune.add_argument("--timeout", type=_positive_float, default=None, metavar="SECONDS",
+                      help="stop the whole search after this long, trials in flight "
+                           "included (they run again on resume)")
+    tune.add_argument("--trial-timeout", type=_positive_float, default=None,
+                      metavar="SECONDS",
+                      help="fail a trial that runs longer than this (its worker is stopped "
+                           "and replaced)")
     tune.set_defaults(func=_cmd_tune, tune_command=None, dtype="float32")
     tune_sub = tune.add_subparsers(dest="tune_command", metavar="report",
                                    parser_class=_Parser)

@@ -342,3 +342,16 @@ def test_cli_tune_dask_without_distributed_names_the_extra(monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "distributed", None)
     assert cli.main(["tune", "--dask", "local", "--trials", "1", "--epochs", "1"]) == 2
     assert 'pip install "fastnn-cpu[dask]"' in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_tune_cli_fails_a_trial_that_overruns_trial_timeout(tmp_path):
+    storage = tmp_path / "s.db"
+    done = _fastnn("tune", "--trials", "2", "--epochs", "300", "--trial-timeout", "0.05",
+                   "--storage", str(storage))
+    assert "Traceback" not in done.stderr
+    assert done.stdout.count("TimeoutError: the trial ran longer than trial_timeout") == 2
+    study = tune.load_study(str(storage))
+    assert [t.state for t in study.trials] == ["failed", "failed"]
+    bad = _fastnn("tune", "--trials", "2", "--trial-timeout", "0")
+    assert bad.returncode == 2 and "--trial-timeout" in bad.stderr
