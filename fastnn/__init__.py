@@ -22,8 +22,8 @@ from .callbacks import History
 from .model import Sequential
 from .ops import available_backends, backend, get_backend, set_backend
 
-# Imported on first use, to keep `import fastnn` fast: the data loaders, the tuner, and
-# save/load (with the zip and temporary-file machinery they bring), and the ONNX export.
+# Imported on first use, to keep `import fastnn` fast: the data loaders, the tuner,
+# save/load (with the zip and temporary-file machinery they bring) and the ONNX export.
 _LAZY_MODULES = ("datasets", "tune", "serialization", "onnx")
 
 
