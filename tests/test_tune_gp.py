@@ -14,7 +14,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from fastnn.tune.gp import GaussianProcess, expected_improvement, matern52
+from fastnn.tune.gp import (
+    PRIOR,
+    GaussianProcess,
+    expected_improvement,
+    log_expected_improvement,
+    matern52,
+    power_warp,
+    yeo_johnson,
+)
 
 
 def matern_reference(X1, X2, length_scale, variance):
@@ -106,7 +114,7 @@ def test_interpolates_noise_free_data():
 
 def test_posterior_std_small_at_data_and_large_away():
     X, y = sine_data(6)
-    gp = GaussianProcess(seed=0).fit(X, y)
+    gp = GaussianProcess(seed=0, prior=False).fit(X, y)  # the prior's noise blurs 6 points
     _, at_data = gp.predict(X)
     _, mid = gp.predict((X[:-1] + X[1:]) / 2)
     _, far = gp.predict(np.array([[4.0], [-3.0]]))
@@ -164,17 +172,37 @@ def test_lml_gradient_matches_finite_differences():
             assert grad[i] == pytest.approx(numeric, rel=1e-5, abs=1e-6)
 
 
-def test_fit_is_a_local_maximum_of_the_likelihood():
+@pytest.mark.parametrize("prior", [False, True])
+def test_fit_is_a_local_maximum_of_the_objective(prior):
+    # without the prior the likelihood, with it the posterior (likelihood + log prior)
     rng = np.random.default_rng(5)
     X = rng.random((30, 2))
     y = np.sin(6 * X[:, 0]) * np.cos(2 * X[:, 1]) + 0.05 * rng.standard_normal(30)
-    gp = GaussianProcess(seed=1).fit(X, y)
-    best = gp.log_marginal_likelihood()
+    gp = GaussianProcess(seed=1, prior=prior).fit(X, y)
+
+    def objective(**kw):
+        return gp.log_marginal_likelihood(**kw) + gp.log_prior(**kw)
+
+    best = objective()
     params = {"length_scale": gp.length_scale_, "variance": gp.variance_, "noise": gp.noise_}
     for name, value in params.items():
         for factor in (0.8, 1.25):
             trial = dict(params, **{name: np.asarray(value) * factor})
-            assert gp.log_marginal_likelihood(**trial) <= best + 1e-6
+            assert objective(**trial) <= best + 1e-6
+
+
+def test_log_prior_is_the_normal_of_the_documented_parameters():
+    X = np.random.default_rng(0).random((5, 3))
+    gp = GaussianProcess(seed=0).fit(X, X[:, 0])
+    (m_ell, s_ell), (m_var, s_var), (m_noise, s_noise) = (
+        PRIOR["length_scale"], PRIOR["variance"], PRIOR["noise"])
+    m_ell += 0.5 * math.log(3)
+    ell = [0.2, 0.5, 2.0]
+    expected = -0.5 * (sum(((math.log(v) - m_ell) / s_ell) ** 2 for v in ell)
+                       + ((math.log(1.5) - m_var) / s_var) ** 2
+                       + ((math.log(1e-3) - m_noise) / s_noise) ** 2)
+    assert gp.log_prior(ell, 1.5, 1e-3) == pytest.approx(expected, rel=1e-12)
+    assert GaussianProcess(prior=False).fit(X, X[:, 0]).log_prior() == 0.0
 
 
 def test_length_scale_follows_a_rescaling_of_the_inputs():

