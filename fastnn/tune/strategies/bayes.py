@@ -1,5 +1,5 @@
-"""Bayesian optimisation: a Gaussian process (:mod:`fastnn.tune.gp`) and expected
-improvement, in batches."""
+"""Bayesian optimisation: a Gaussian process (:mod:`fastnn.tune.gp`) and log expected
+improvement (maximised by :mod:`fastnn.tune._acquisition`), in batches."""
 
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ _INTEGER_STEPS = np.array([-0.1, -0.03, -0.01, 0.01, 0.03, 0.1])  # to an intege
 
 
 class Bayes(Strategy):
-    """Bayesian optimisation: a Gaussian process and expected improvement, in batches.
+    """Bayesian optimisation: a Gaussian process and log expected improvement, in batches.
 
     Parameters
     ----------
@@ -44,37 +44,45 @@ class Bayes(Strategy):
         (drawn from the seed only; barrier 0).
     batch_size : int
         Later trials come in batches of this many; batch ``b`` starts at
-        ``n_initial + b * batch_size``, which is its barrier.
+        ``n_initial + b * batch_size``, which is its barrier. 1 proposes one trial
+        at a time (each waits for all earlier trials); 2 keeps two workers busy.
     xi : float
         Exploration margin of the expected improvement, in standardised units
-        of the score.
+        of the (warped) score.
     candidates : int
         Random candidate points per batch (plus a quarter as many local
-        perturbations of the best trials).
+        perturbations of the five best trials, and those trials themselves).
 
     Notes
     -----
     A batch is computed once (and cached) from the finished trials before its
-    barrier: a GP (:class:`fastnn.tune.gp.GaussianProcess`, Matérn 5/2 with one
-    length scale per dimension) is fitted to their unit points and scores,
-    failed and pruned trials taking the worst score seen. Each point of the
-    batch maximises the expected improvement over the candidates (uniform
-    points and Gaussian perturbations of the five best trials, then a local
-    refinement around the ten best candidates); the GP then *believes* its own
-    mean there (kriging believer) before the next point is chosen. With fewer
-    than two scored trials a batch is uniform at random.
+    barrier. Their scores (failed and pruned trials taking the worst one) are
+    warped by :func:`fastnn.tune.gp.power_warp` (a Yeo-Johnson transform that
+    tames a long tail of bad values) and a GP is fitted to their unit points
+    (:class:`fastnn.tune.gp.GaussianProcess`: Matérn 5/2, one length scale per
+    dimension, a Hamming distance on ``Choice`` dimensions, hyperparameters by
+    maximum a posteriori from 3 starts). Below 40 trials every batch refits the
+    hyperparameters; later they are refitted once the trials grew by a tenth and
+    reused in between (the GP is still conditioned on every trial), which keeps
+    the cost per trial near flat. Each point of the batch maximises log EI: the
+    best of the candidates, of a gradient ascent (:func:`fastnn.tune._acquisition.maximize`)
+    from the six most promising, and of the points one discrete step away from
+    the winner (every option of a choice, the neighbouring values of an
+    integer); the GP then *believes* its own mean there (kriging believer, added
+    in O(n²)) before the next point is chosen. With fewer than two scored trials
+    a batch is uniform at random.
 
     Integer and ``Choice`` dimensions use the index encoding of
     :mod:`fastnn.tune.space`: the unit interval is cut into one cell per value
-    (options in the order given), and candidates are moved to the centres of
-    their cells, so equal parameters are equal points for the GP.
+    (options in the order given), and points are moved to the centres of their
+    cells, so equal parameters are equal points for the GP.
 
-    Determinism: every random draw comes from (seed, batch), the GP fit from
-    restarts seeded the same way, and no state is carried from one batch to
-    the next, so a batch is a function of the seed and the finished trials
-    before its barrier alone: the same on any number of workers and after a
-    resume. (Bit-identical results also need the same NumPy and BLAS build,
-    since the argmax of floating-point EI values can change with rounding.)
+    Determinism: every random draw comes from (seed, batch), each fit from
+    (seed, refit point) and the trials before that point, and what is cached
+    is keyed by those trials, so a batch is a function of the seed and the
+    finished trials before its barrier alone: the same on any number of workers
+    and after a resume. (Bit-identical results also need the same NumPy and BLAS
+    build, since the argmax of floating-point values can change with rounding.)
     """
 
     name = "bayes"
