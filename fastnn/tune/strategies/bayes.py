@@ -48,7 +48,8 @@ class Bayes(Strategy):
         at a time (each waits for all earlier trials); 2 keeps two workers busy.
     xi : float
         Exploration margin of the expected improvement, in standardised units
-        of the (warped) score.
+        of the (warped) score; 0 by default: a margin of a hundredth of the
+        scores' spread stops the search short of an optimum it has found.
     candidates : int
         Random candidate points per batch (plus a quarter as many local
         perturbations of the five best trials, and those trials themselves).
@@ -87,7 +88,7 @@ class Bayes(Strategy):
 
     name = "bayes"
 
-    def __init__(self, n_initial: int = 10, batch_size: int = 4, xi: float = 0.01,
+    def __init__(self, n_initial: int = 10, batch_size: int = 4, xi: float = 0.0,
                  candidates: int = 1000) -> None:
         super().__init__()
         self.n_initial = _checks.integer("n_initial", n_initial, minimum=1)
