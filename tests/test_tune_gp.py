@@ -14,7 +14,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from fastnn.tune.gp import GaussianProcess, expected_improvement, matern52
+from fastnn.tune.gp import (
+    PRIOR,
+    GaussianProcess,
+    expected_improvement,
+    log_expected_improvement,
+    matern52,
+    power_warp,
+    yeo_johnson,
+)
 
 
 def matern_reference(X1, X2, length_scale, variance):
@@ -106,7 +114,7 @@ def test_interpolates_noise_free_data():
 
 def test_posterior_std_small_at_data_and_large_away():
     X, y = sine_data(6)
-    gp = GaussianProcess(seed=0).fit(X, y)
+    gp = GaussianProcess(seed=0, prior=False).fit(X, y)  # the prior's noise blurs 6 points
     _, at_data = gp.predict(X)
     _, mid = gp.predict((X[:-1] + X[1:]) / 2)
     _, far = gp.predict(np.array([[4.0], [-3.0]]))
@@ -164,17 +172,37 @@ def test_lml_gradient_matches_finite_differences():
             assert grad[i] == pytest.approx(numeric, rel=1e-5, abs=1e-6)
 
 
-def test_fit_is_a_local_maximum_of_the_likelihood():
+@pytest.mark.parametrize("prior", [False, True])
+def test_fit_is_a_local_maximum_of_the_objective(prior):
+    # without the prior the likelihood, with it the posterior (likelihood + log prior)
     rng = np.random.default_rng(5)
     X = rng.random((30, 2))
     y = np.sin(6 * X[:, 0]) * np.cos(2 * X[:, 1]) + 0.05 * rng.standard_normal(30)
-    gp = GaussianProcess(seed=1).fit(X, y)
-    best = gp.log_marginal_likelihood()
+    gp = GaussianProcess(seed=1, prior=prior).fit(X, y)
+
+    def objective(**kw):
+        return gp.log_marginal_likelihood(**kw) + gp.log_prior(**kw)
+
+    best = objective()
     params = {"length_scale": gp.length_scale_, "variance": gp.variance_, "noise": gp.noise_}
     for name, value in params.items():
         for factor in (0.8, 1.25):
             trial = dict(params, **{name: np.asarray(value) * factor})
-            assert gp.log_marginal_likelihood(**trial) <= best + 1e-6
+            assert objective(**trial) <= best + 1e-6
+
+
+def test_log_prior_is_the_normal_of_the_documented_parameters():
+    X = np.random.default_rng(0).random((5, 3))
+    gp = GaussianProcess(seed=0).fit(X, X[:, 0])
+    (m_ell, s_ell), (m_var, s_var), (m_noise, s_noise) = (
+        PRIOR["length_scale"], PRIOR["variance"], PRIOR["noise"])
+    m_ell += 0.5 * math.log(3)
+    ell = [0.2, 0.5, 2.0]
+    expected = -0.5 * (sum(((math.log(v) - m_ell) / s_ell) ** 2 for v in ell)
+                       + ((math.log(1.5) - m_var) / s_var) ** 2
+                       + ((math.log(1e-3) - m_noise) / s_noise) ** 2)
+    assert gp.log_prior(ell, 1.5, 1e-3) == pytest.approx(expected, rel=1e-12)
+    assert GaussianProcess(prior=False).fit(X, X[:, 0]).log_prior() == 0.0
 
 
 def test_length_scale_follows_a_rescaling_of_the_inputs():
@@ -293,3 +321,155 @@ def test_ei_with_gp_prefers_the_unexplored_peak():
     ei = expected_improvement(mean, std, best=0.6, xi=0.01)
     assert grid[np.argmax(ei), 0] > 0.6
     assert np.all(ei[grid[:, 0] < 0.5] < 1e-3 * ei.max())
+
+
+# ---------------------------------------------------------------------------- log EI
+
+def log_h_reference(z):
+    """log(z Φ(z) + φ(z)) with 50-digit arithmetic (mpmath; needs no fastnn code)."""
+    mpmath = pytest.importorskip("mpmath")
+    mpmath.mp.dps = 50
+    zz = mpmath.mpf(float(z))
+    return float(mpmath.log(zz * mpmath.ncdf(zz) + mpmath.npdf(zz)))
+
+
+def test_log_ei_is_the_log_of_ei_where_ei_is_representable():
+    mean = np.linspace(-6.0, 3.0, 37)
+    for std in (0.05, 0.5, 2.0):
+        ei = expected_improvement(mean, np.full_like(mean, std), best=0.2, xi=0.01)
+        log_ei = log_expected_improvement(mean, np.full_like(mean, std), best=0.2, xi=0.01)
+        ok = ei > 1e-300
+        np.testing.assert_allclose(log_ei[ok], np.log(ei[ok]), rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("z", [-1.0, -3.0, -10.0, -19.99, -20.01, -38.0, -40.0, -100.0, -1e4])
+def test_log_ei_stays_finite_and_accurate_where_ei_underflows(z):
+    # EI(z = -40, σ = 1) ≈ 1e-350: plain EI is 0, log EI keeps its value
+    log_ei = log_expected_improvement([z], [1.0], best=0.0, xi=0.0)[0]
+    assert np.isfinite(log_ei)
+    assert log_ei == pytest.approx(log_h_reference(z), rel=1e-12)
+    if z <= -40:
+        assert expected_improvement([z], [1.0], best=0.0, xi=0.0)[0] == 0.0
+
+
+def test_log_ei_with_zero_std():
+    out = log_expected_improvement([1.0, -1.0], [0.0, 0.0], best=0.0, xi=0.0)
+    assert out[0] == pytest.approx(0.0) and out[1] == -np.inf
+
+
+def test_log_ei_is_increasing_in_mean_and_std_far_in_the_tail():
+    means = np.linspace(-300.0, -20.0, 50)
+    assert np.all(np.diff(log_expected_improvement(means, np.ones(50), best=0.0)) > 0)
+    stds = np.linspace(0.01, 1.0, 50)
+    assert np.all(np.diff(log_expected_improvement(np.full(50, -5.0), stds, best=0.0)) > 0)
+
+
+def test_log_ei_gradient_matches_finite_differences():
+    rng = np.random.default_rng(9)
+    X = rng.random((20, 3))
+    y = np.sin(5 * X[:, 0]) + X[:, 1] * X[:, 2]
+    gp = GaussianProcess(seed=0).fit(X, y)
+    best = float(y.max())
+    from fastnn.tune.gp import _log_ei_and_grad
+
+    def f(U):
+        return log_expected_improvement(*gp.predict(U), best, 0.0)
+
+    U = rng.random((6, 3))
+    _, grad = _log_ei_and_grad(*gp.predict(U, return_grad=True), best, 0.0)
+    h = 1e-6
+    for j in range(3):
+        e = np.zeros(3)
+        e[j] = h
+        numeric = (f(U + e) - f(U - e)) / (2 * h)
+        np.testing.assert_allclose(grad[:, j], numeric, rtol=1e-5, atol=1e-6)
+
+
+def test_posterior_gradients_match_finite_differences():
+    rng = np.random.default_rng(10)
+    X = rng.random((15, 2))
+    gp = GaussianProcess(seed=0).fit(X, np.cos(4 * X[:, 0]) + X[:, 1])
+    U = rng.random((5, 2))
+    _, _, dmean, dstd = gp.predict(U, return_grad=True)
+    h = 1e-6
+    for j in range(2):
+        e = np.zeros(2)
+        e[j] = h
+        (mp, sp), (mm, sm) = gp.predict(U + e), gp.predict(U - e)
+        np.testing.assert_allclose(dmean[:, j], (mp - mm) / (2 * h), rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(dstd[:, j], (sp - sm) / (2 * h), rtol=1e-5, atol=1e-7)
+
+
+# ---------------------------------------------------------------------------- incremental updates
+
+def test_incremental_condition_equals_a_full_factorisation():
+    rng = np.random.default_rng(11)
+    X, X_new = rng.random((25, 3)), rng.random((4, 3))
+    y = np.sin(3 * X).sum(1)
+    gp = GaussianProcess(seed=0).fit(X, y)
+    y_new = rng.standard_normal(4)
+    inc = gp.condition(X_new, y_new)
+    full = GaussianProcess(seed=0).fit(np.vstack([X, X_new]), np.concatenate([y, y_new]),
+                                       hyperparameters=gp.hyperparameters_)
+    # the same standardisation: refit on the original data's mean and std
+    full.y_mean_, full.y_std_ = gp.y_mean_, gp.y_std_
+    full._condition(full.X_train_, (np.concatenate([y, y_new]) - gp.y_mean_) / gp.y_std_)
+    K = matern_reference(inc.X_train_, inc.X_train_, gp.length_scale_, gp.variance_) + (
+        gp.noise_ * np.eye(29))
+    np.testing.assert_allclose(inc._L_inv @ K @ inc._L_inv.T, np.eye(29), atol=1e-8)
+    np.testing.assert_allclose(inc._L_inv, full._L_inv, rtol=1e-8, atol=1e-8)
+    Xt = rng.random((7, 3))
+    for a, b in zip(inc.predict(Xt), full.predict(Xt), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-8, atol=1e-10)
+
+
+def test_fit_with_given_hyperparameters_does_not_refit():
+    rng = np.random.default_rng(12)
+    X = rng.random((12, 2))
+    hyper = {"length_scale": [0.3, 0.9], "variance": 1.7, "noise": 1e-3}
+    gp = GaussianProcess(seed=0).fit(X, X[:, 0], hyperparameters=hyper)
+    np.testing.assert_array_equal(gp.length_scale_, [0.3, 0.9])
+    assert (gp.variance_, gp.noise_) == (1.7, 1e-3)
+    with pytest.raises(ValueError, match="hyperparameters"):
+        GaussianProcess().fit(X, X[:, 0], hyperparameters={"variance": 1.0})
+
+
+# ---------------------------------------------------------------------------- ARD, categories, warp
+
+def test_ard_recovers_a_known_length_scale_structure():
+    # a draw from a GP with length scales (0.15, 0.6, 5): the fit orders them and finds
+    # the short one within a factor of 2
+    rng = np.random.default_rng(13)
+    X = rng.random((80, 3))
+    true = np.array([0.15, 0.6, 5.0])
+    K = matern_reference(X, X, true, 1.0) + 1e-8 * np.eye(80)
+    y = np.linalg.cholesky(K) @ rng.standard_normal(80)
+    ell = GaussianProcess(seed=0).fit(X, y).length_scale_
+    assert ell[0] < ell[1] < ell[2]
+    assert 0.5 * true[0] < ell[0] < 2 * true[0]
+    assert ell[2] > 2.0
+
+
+def test_categorical_dims_use_the_hamming_distance():
+    X1 = np.array([[0.1, 0.125], [0.1, 0.875]])
+    X2 = np.array([[0.1, 0.375], [0.1, 0.125]])
+    K = matern52(X1, X2, [1.0, 0.5], categorical=[False, True])
+    r_diff = math.sqrt(1 / 0.25)  # one differing category, ℓ = 0.5
+    k_diff = (1 + math.sqrt(5) * r_diff + 5 * r_diff ** 2 / 3) * math.exp(-math.sqrt(5) * r_diff)
+    np.testing.assert_allclose(K, [[k_diff, 1.0], [k_diff, k_diff]], rtol=1e-12)
+    # the order of the options does not matter: 0.125 vs 0.375 and vs 0.875 are equally far
+    assert K[0, 0] == K[1, 0]
+
+
+def test_yeo_johnson_known_values_and_warp_is_increasing():
+    x = np.array([-2.0, -0.5, 0.0, 0.5, 3.0])
+    np.testing.assert_allclose(yeo_johnson(x, 1.0), x, rtol=1e-14)
+    np.testing.assert_allclose(yeo_johnson(x, 0.0)[2:], np.log1p(x[2:]), rtol=1e-14)
+    np.testing.assert_allclose(yeo_johnson(x, 2.0)[:2], -np.log1p(-x[:2]), rtol=1e-14)
+    np.testing.assert_allclose(yeo_johnson(np.array([3.0]), 0.5), [(4 ** 0.5 - 1) / 0.5])
+    y = -np.exp(np.random.default_rng(14).random(40) * 6)  # a long tail of bad values
+    w = power_warp(y)
+    assert np.all(np.argsort(w, kind="stable") == np.argsort(y, kind="stable"))
+    assert abs(w.mean()) < 1e-12 and w.std() == pytest.approx(1.0)
+    skew = lambda v: float(((v - v.mean()) ** 3).mean() / v.std() ** 3)  # noqa: E731
+    assert abs(skew(w)) < 0.5 * abs(skew(y))

@@ -1,22 +1,33 @@
-"""A small Gaussian process in NumPy: Matérn 5/2 kernel, fitted hyperparameters, EI.
+"""A small Gaussian process in NumPy: Matérn 5/2 kernel, fitted hyperparameters, log-EI.
 
 The kernel is Matérn 5/2 with one length scale per input dimension (ARD) or
 one shared length scale::
 
-    r² = Σ_d (x_d - x'_d)² / ℓ_d²
+    r² = Σ_d δ_d(x_d, x'_d) / ℓ_d²
     k(x, x') = σ² (1 + √5 r + 5 r² / 3) exp(-√5 r)
 
+where ``δ_d = (x_d - x'_d)²`` on an ordered dimension and, on a categorical one,
+``δ_d = 1`` if the two categories differ and 0 if they are equal (a Hamming
+distance: the options of a choice have no order).
+
 The targets are standardised (zero mean, unit variance) before the fit, and the
-hyperparameters (ℓ, the signal variance σ² and the noise variance σₙ², the
-last two in standardised units) maximise the log marginal likelihood
+hyperparameters θ = log(ℓ, σ², σₙ²) (σ² and σₙ² in standardised units) maximise
+the log posterior ``log p(y | X, θ) + log p(θ)``, where
 
     log p(y | X) = -½ yᵀ K⁻¹ y - ½ log |K| - (n / 2) log 2π,   K = k(X, X) + σₙ² I
 
-with its analytic gradient, by a limited-memory BFGS written here, from a few
-starting points (the first fixed, the others drawn from ``seed``). The bounds
-are kept by optimising an unconstrained ``z`` with
-``log θ = lo + (hi - lo) · sigmoid(z)``. The Cholesky factorisation adds a
-growing jitter if K is numerically not positive definite.
+and the prior ``p(θ)`` (``prior=True``, the default) is an independent normal
+on each log hyperparameter (see :data:`PRIOR`): it keeps a fit on a few points
+from length scales that the data cannot tell apart. The maximisation uses the
+analytic gradient, a limited-memory BFGS written here and a few starting points
+(the first fixed, the others drawn from ``seed``). The bounds are kept by
+optimising an unconstrained ``z`` with ``log θ = lo + (hi - lo) · sigmoid(z)``.
+The Cholesky factorisation adds a growing jitter if K is numerically not
+positive definite.
+
+The fitted process keeps the inverse of its Cholesky factor, so that adding a
+point (:meth:`GaussianProcess.condition`, for the fantasised points of a
+batch) costs O(n²), not a new O(n³) factorisation.
 
 >>> import numpy as np
 >>> from fastnn.tune.gp import GaussianProcess, expected_improvement
@@ -35,21 +46,56 @@ import numpy as np
 
 from .. import _checks
 
-__all__ = ["GaussianProcess", "expected_improvement", "matern52"]
+__all__ = ["PRIOR", "GaussianProcess", "expected_improvement", "log_expected_improvement",
+           "matern52", "power_warp", "yeo_johnson"]
 
 _SQRT5 = math.sqrt(5.0)
 _LOG_2PI = math.log(2.0 * math.pi)
 _JITTERS = (0.0, 1e-10, 1e-8, 1e-6, 1e-4)
 
+#: The prior of the hyperparameters: (mean, standard deviation) of a normal on the
+#: natural log of each. The length scale's mean grows with the number of dimensions d
+#: (``log(0.4) + 0.5 log d``: in more dimensions, points are further apart and a
+#: function that varies on every one of them is less likely); σ² is the signal
+#: variance of the standardised targets (about 1), and the noise variance is pulled
+#: towards small values (most objectives are deterministic or nearly so) but free to
+#: grow when the data are noisy.
+PRIOR = {"length_scale": (math.log(0.4), 1.0), "variance": (0.0, 1.0),
+         "noise": (math.log(1e-4), 2.5)}
+
 
 # ---------------------------------------------------------------------------- kernel
 
-def _scaled_sq_dists(X1: np.ndarray, X2: np.ndarray, length_scale: np.ndarray) -> np.ndarray:
-    """Σ_d ((x1_d - x2_d) / ℓ_d)², shape (len(X1), len(X2))."""
-    A = X1 / length_scale
-    B = X2 / length_scale
+def _categorical_mask(categorical, d: int) -> np.ndarray:
+    if categorical is None:
+        return np.zeros(d, dtype=bool)
+    mask = np.asarray(categorical, dtype=bool).ravel()
+    if mask.shape != (d,):
+        raise ValueError(f"categorical must hold one bool per dimension ({d}); got shape "
+                         f"{mask.shape}")
+    return mask
+
+
+def _sq_dists(X1: np.ndarray, X2: np.ndarray, inv_ell2: np.ndarray,
+              cat: np.ndarray) -> np.ndarray:
+    """r² = Σ_d δ_d / ℓ_d², shape (len(X1), len(X2)) (``cat``: the categorical dims)."""
+    cont = ~cat
+    w = np.sqrt(inv_ell2[cont])
+    A = X1[:, cont] * w
+    B = X2[:, cont] * w
     d2 = (A * A).sum(1)[:, None] + (B * B).sum(1)[None, :] - 2.0 * (A @ B.T)
-    return np.maximum(d2, 0.0)
+    d2 = np.maximum(d2, 0.0)
+    if cat.any():
+        differ = X1[:, None, cat] != X2[None, :, cat]
+        d2 = d2 + differ @ inv_ell2[cat]
+    return d2
+
+
+def _pair_deltas(X: np.ndarray, cat: np.ndarray) -> np.ndarray:
+    """δ_d(x_i, x_j) for every pair, shape (d, n * n)."""
+    diffs = X[:, None, :] - X[None, :, :]
+    deltas = np.where(cat, (diffs != 0).astype(np.float64), diffs * diffs)
+    return np.ascontiguousarray(np.moveaxis(deltas, 2, 0)).reshape(X.shape[1], -1)
 
 
 def _matern_from_r2(r2: np.ndarray, variance: float) -> np.ndarray:
@@ -57,7 +103,7 @@ def _matern_from_r2(r2: np.ndarray, variance: float) -> np.ndarray:
     return variance * (1.0 + _SQRT5 * r + (5.0 / 3.0) * r2) * np.exp(-_SQRT5 * r)
 
 
-def matern52(X1, X2, length_scale, variance: float = 1.0) -> np.ndarray:
+def matern52(X1, X2, length_scale, variance: float = 1.0, categorical=None) -> np.ndarray:
     """The Matérn 5/2 kernel matrix ``k(X1[i], X2[j])``.
 
     Parameters
@@ -67,6 +113,8 @@ def matern52(X1, X2, length_scale, variance: float = 1.0) -> np.ndarray:
         Positive; one per dimension (ARD) or one shared.
     variance : float
         The signal variance σ² (``k(x, x)``).
+    categorical : array of d bools, optional
+        The dimensions whose values are categories (Hamming distance).
 
     Returns
     -------
@@ -80,7 +128,8 @@ def matern52(X1, X2, length_scale, variance: float = 1.0) -> np.ndarray:
     ell = np.broadcast_to(np.asarray(length_scale, dtype=np.float64), (X1.shape[1],))
     if np.any(ell <= 0):
         raise ValueError(f"length_scale must be > 0; got {length_scale!r}")
-    return _matern_from_r2(_scaled_sq_dists(X1, X2, ell), float(variance))
+    cat = _categorical_mask(categorical, X1.shape[1])
+    return _matern_from_r2(_sq_dists(X1, X2, 1.0 / ell ** 2, cat), float(variance))
 
 
 def _cholesky(K: np.ndarray) -> np.ndarray:
@@ -98,6 +147,8 @@ def _cholesky(K: np.ndarray) -> np.ndarray:
 # ---------------------------------------------------------------------------- expected improvement
 
 _erfc = np.frompyfunc(math.erfc, 1, 1)
+_SQRT_HALF_PI = math.sqrt(0.5 * math.pi)
+_TAIL = 20.0  # beyond z = -20, exp(z²/2) erfc(..) is replaced by its asymptotic series
 
 
 def _norm_cdf(z: np.ndarray) -> np.ndarray:
@@ -129,6 +180,130 @@ def expected_improvement(mean, std, best: float, xi: float = 0.01) -> np.ndarray
     ei = gain * _norm_cdf(z) + safe * pdf
     ei = np.where(std > 0, ei, np.maximum(gain, 0.0))
     return np.maximum(ei, 0.0)
+
+
+def _log_h(z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``log h(z)`` and ``d log h / dz`` for ``h(z) = z Φ(z) + φ(z)`` (EI at unit σ).
+
+    For z >= -1 straight from the definition. Below, with x = -z > 1 and the Mills
+    ratio R(x) = Φ(-x) / φ(x), ``h = φ(x) (1 - x R(x))`` and ``dh/dz = Φ(z) = φ(x) R(x)``:
+    R comes from ``math.erfc`` scaled by exp(x²/2) (no underflow up to x = 20, and
+    1 - xR loses only log10(x²) digits), beyond x = 20 from its asymptotic series,
+    so log h stays finite and accurate where h itself underflows (z < -38).
+    """
+    z = np.asarray(z, dtype=np.float64)
+    log_h = np.empty_like(z)
+    dlog = np.empty_like(z)
+    near = z >= -1.0
+    if near.any():
+        zn = z[near]
+        cdf = _norm_cdf(zn)
+        h = zn * cdf + np.exp(-0.5 * zn * zn) / math.sqrt(2.0 * math.pi)
+        log_h[near] = np.log(h)
+        dlog[near] = cdf / h
+    mid = (z < -1.0) & (z >= -_TAIL)
+    if mid.any():
+        x = -z[mid]
+        R = _SQRT_HALF_PI * _erfc(x / math.sqrt(2.0)).astype(np.float64) * np.exp(0.5 * x * x)
+        w = 1.0 - x * R
+        log_h[mid] = -0.5 * x * x - 0.5 * _LOG_2PI + np.log(w)
+        dlog[mid] = R / w
+    far = z < -_TAIL
+    if far.any():
+        t = 1.0 / z[far] ** 2
+        # xR = Σ_k (-t)^k (2k-1)!!, so 1 - xR = t Σ_k (-t)^k (2k+1)!! (10 terms: ~1e-16)
+        w_over_t, term = np.zeros_like(t), np.ones_like(t)
+        for k in range(10):
+            w_over_t += term
+            term = term * (-t) * (2 * k + 3)
+        x_r = 1.0 - t * w_over_t
+        log_h[far] = -0.5 / t - 0.5 * _LOG_2PI + np.log(t * w_over_t)
+        dlog[far] = x_r / (-z[far]) / (t * w_over_t)
+    return log_h, dlog
+
+
+def log_expected_improvement(mean, std, best: float, xi: float = 0.0) -> np.ndarray:
+    """The natural log of :func:`expected_improvement`, finite where EI underflows.
+
+    ``log EI = log σ + log h(z)``, ``h(z) = z Φ(z) + φ(z)``, ``z = (μ - best - ξ) / σ``;
+    where ``σ = 0`` it is ``log max(μ - best - ξ, 0)`` (-inf if there is no gain).
+    Far below the incumbent (z = -40, EI ≈ 1e-350) plain EI is 0 and useless to an
+    optimiser, while log EI still ranks the points and has a gradient.
+
+    Parameters
+    ----------
+    mean, std : array
+        Posterior mean and standard deviation at the candidate points.
+    best : float
+        The incumbent (largest observed) value.
+    xi : float
+        Exploration margin, in the units of ``mean``.
+    """
+    mean = np.asarray(mean, dtype=np.float64)
+    std = np.asarray(std, dtype=np.float64)
+    gain = mean - float(best) - float(xi)
+    pos = std > 0
+    safe = np.where(pos, std, 1.0)
+    log_h, _ = _log_h(gain / safe)
+    with np.errstate(divide="ignore"):
+        return np.where(pos, np.log(safe) + log_h, np.log(np.maximum(gain, 0.0)))
+
+
+def _log_ei_and_grad(mean, std, dmean, dstd, best: float, xi: float):
+    """log EI at points with std > 0 and its gradient from the posterior's gradients."""
+    std = np.maximum(std, 1e-300)
+    z = (mean - best - xi) / std
+    log_h, dlog = _log_h(z)
+    # d log EI = dσ/σ + (d log h/dz)(dμ - z dσ)/σ
+    grad = (dstd + dlog[:, None] * (dmean - z[:, None] * dstd)) / std[:, None]
+    return np.log(std) + log_h, grad
+
+
+# ---------------------------------------------------------------------------- output warping
+
+_LAMBDAS = np.linspace(-1.0, 3.0, 41)
+
+
+def yeo_johnson(x, lam: float) -> np.ndarray:
+    """The Yeo-Johnson power transform of ``x`` (increasing; the identity at λ = 1).
+
+    ``((x + 1)^λ - 1) / λ`` for x >= 0 (``log1p(x)`` at λ = 0) and
+    ``-((1 - x)^(2-λ) - 1) / (2 - λ)`` for x < 0 (``-log1p(-x)`` at λ = 2).
+    """
+    x = np.asarray(x, dtype=np.float64)
+    pos = x >= 0
+    out = np.empty_like(x)
+    xp, xn = x[pos], x[~pos]
+    out[pos] = np.log1p(xp) if abs(lam) < 1e-12 else np.expm1(lam * np.log1p(xp)) / lam
+    out[~pos] = (-np.log1p(-xn) if abs(lam - 2.0) < 1e-12
+                 else -np.expm1((2.0 - lam) * np.log1p(-xn)) / (2.0 - lam))
+    return out
+
+
+def power_warp(y) -> np.ndarray:
+    """``y`` standardised, then Yeo-Johnson transformed with the λ (on a grid of
+    [-1, 3]) that makes the values most normal (the profile likelihood
+    ``-n/2 log var(t) + (λ - 1) Σ sign(x) log(1 + |x|)``), then standardised again.
+
+    Increasing in ``y``, so the best trial stays the best. Objectives often have a
+    long tail of bad values (a diverging learning rate, Branin's rim): without the
+    warp they set the GP's scale and the region of good values looks flat.
+    """
+    y = np.asarray(y, dtype=np.float64)
+    sd = float(y.std())
+    if len(y) < 3 or not sd > 0:
+        return y.copy()
+    x = (y - y.mean()) / sd
+    log_jac = float((np.sign(x) * np.log1p(np.abs(x))).sum())
+    best, best_t = -np.inf, x
+    for lam in _LAMBDAS:
+        t = yeo_johnson(x, lam)
+        var = float(t.var())
+        if var > 0:
+            ll = -0.5 * len(x) * math.log(var) + (lam - 1.0) * log_jac
+            if ll > best:
+                best, best_t = ll, t
+    return (best_t - best_t.mean()) / best_t.std()
 
 
 # ---------------------------------------------------------------------------- L-BFGS
@@ -216,13 +391,18 @@ class GaussianProcess:
     noise : float or None
         The noise variance in standardised-target units; None fits it.
     n_restarts : int
-        Starting points of the likelihood maximisation (the first is fixed:
-        ℓ = 0.3, σ² = 1, σₙ² = 1e-2; the others are drawn with ``seed``).
+        Starting points of the fit (the first is fixed: ℓ at the prior's
+        median, σ² = 1, σₙ² = 1e-3; the others are drawn with ``seed``).
     seed : int
         Seed of the restart draws; the fit is a deterministic function of
         (X, y, seed).
     length_scale_bounds, variance_bounds, noise_bounds : (float, float)
         Box for ℓ, σ² and σₙ² (σ² and σₙ² in standardised units).
+    prior : bool
+        Maximise the log posterior with the normal priors of :data:`PRIOR`
+        (True) or the log marginal likelihood alone (False).
+    categorical : array of bools, optional
+        The input dimensions that are categories (see the module docstring).
 
     Attributes
     ----------
@@ -235,7 +415,7 @@ class GaussianProcess:
 
     def __init__(self, *, ard: bool = True, noise: float | None = None, n_restarts: int = 3,
                  seed: int = 0, length_scale_bounds=(1e-2, 20.0), variance_bounds=(0.05, 20.0),
-                 noise_bounds=(1e-6, 1.0)) -> None:
+                 noise_bounds=(1e-6, 1.0), prior: bool = True, categorical=None) -> None:
         self.ard = bool(ard)
         if noise is not None and not (math.isfinite(float(noise)) and float(noise) > 0):
             raise ValueError(f"noise must be None or a float > 0; got {noise!r}")
@@ -246,35 +426,54 @@ class GaussianProcess:
                                                         length_scale_bounds)
         self.variance_bounds = _check_positive_pair("variance_bounds", variance_bounds)
         self.noise_bounds = _check_positive_pair("noise_bounds", noise_bounds)
+        self.prior = _checks.boolean("prior", prior)
+        self.categorical = None if categorical is None else np.asarray(categorical, dtype=bool)
 
     # -- fitting ---------------------------------------------------------------------------
 
-    def fit(self, X, y) -> GaussianProcess:
-        """Standardise ``y``, fit the hyperparameters on (X, y) and condition on the data."""
+    def fit(self, X, y, hyperparameters: dict | None = None) -> GaussianProcess:
+        """Standardise ``y``, fit the hyperparameters on (X, y) and condition on the data.
+
+        Parameters
+        ----------
+        X : array of shape (n, d)
+        y : array of shape (n,)
+        hyperparameters : dict, optional
+            ``{"length_scale", "variance", "noise"}`` (as :attr:`hyperparameters_`
+            returns them) to condition on the data with, instead of fitting them.
+        """
         X, y = self._check_data(X, y)
+        self._cat = _categorical_mask(self.categorical, X.shape[1])
         self.y_mean_ = float(y.mean())
         std = float(y.std())
         self.y_std_ = std if std > 1e-12 * max(1.0, abs(self.y_mean_)) else 1.0
         ys = (y - self.y_mean_) / self.y_std_
+        if hyperparameters is not None:
+            self._set(hyperparameters, X.shape[1])
+            self._condition(X, ys)
+            self.log_marginal_likelihood_ = self.log_marginal_likelihood()
+            return self
         n_ell = X.shape[1] if self.ard else 1
-        diffs = (X[:, None, :] - X[None, :, :]) ** 2  # (n, n, d)
-        D = np.ascontiguousarray(np.moveaxis(diffs, 2, 0)).reshape(X.shape[1], -1)  # (d, n*n)
+        D = _pair_deltas(X, self._cat)
         lo, hi = self._log_bounds(n_ell)
+        prior = self._prior(n_ell, X.shape[1])
+
         def objective(z):
-            return self._objective(z, lo, hi, D, ys)
+            return self._objective(z, lo, hi, D, ys, prior)
 
         # A few iterations from every start, then the most promising one to convergence.
         best_z, best_f = None, np.inf
-        for theta0 in self._starts(n_ell):
+        for theta0 in self._starts(n_ell, prior):
             z, f = _lbfgs(objective, _to_z(theta0, lo, hi), max_iter=8)
             if f < best_f:
                 best_z, best_f = z, f
         if best_z is None:
             raise np.linalg.LinAlgError("the marginal likelihood could not be evaluated at any "
                                         "starting point")
-        best_z, best_f = _lbfgs(objective, best_z)
-        self._unpack(_from_z(best_z, lo, hi), n_ell, X.shape[1])
-        self.log_marginal_likelihood_ = -float(best_f)
+        best_z, _ = _lbfgs(objective, best_z)
+        theta = _from_z(best_z, lo, hi)
+        self._unpack(theta, n_ell, X.shape[1])
+        self.log_marginal_likelihood_ = float(self._lml_and_grad(theta, D, ys)[0])
         self._condition(X, ys)
         return self
 
@@ -297,11 +496,23 @@ class GaussianProcess:
         logs = np.log(np.array(pairs, dtype=np.float64))
         return logs[:, 0], logs[:, 1]
 
-    def _starts(self, n_ell: int) -> list[np.ndarray]:
+    def _prior(self, n_ell: int, d: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """(mean, sd) of the normal prior on each log hyperparameter, or None."""
+        if not self.prior:
+            return None
+        ell_mean, ell_sd = PRIOR["length_scale"]
+        rows = [(ell_mean + 0.5 * math.log(d), ell_sd)] * n_ell + [PRIOR["variance"]]
+        if self.noise is None:
+            rows.append(PRIOR["noise"])
+        arr = np.array(rows, dtype=np.float64)
+        return arr[:, 0], arr[:, 1]
+
+    def _starts(self, n_ell: int, prior) -> list[np.ndarray]:
         """Starting points in log space: one fixed, the others drawn from the seed."""
         rng = np.random.default_rng(self.seed)
-        fixed_noise = [] if self.noise is not None else [math.log(1e-2)]
-        starts = [np.array([math.log(0.3)] * n_ell + [0.0] + fixed_noise)]
+        ell0 = prior[0][0] if prior is not None else math.log(0.3)
+        fixed_noise = [] if self.noise is not None else [math.log(1e-3)]
+        starts = [np.array([ell0] * n_ell + [0.0] + fixed_noise)]
         for _ in range(self.n_restarts - 1):
             ell = rng.uniform(math.log(0.05), math.log(2.0), n_ell)
             noise = [] if self.noise is not None else [rng.uniform(math.log(1e-5),
@@ -309,12 +520,16 @@ class GaussianProcess:
             starts.append(np.concatenate([ell, [rng.uniform(-1.0, 1.0)], noise]))
         return starts
 
-    def _objective(self, z, lo, hi, D, ys) -> tuple[float, np.ndarray]:
-        """Negative log marginal likelihood and its gradient with respect to z."""
+    def _objective(self, z, lo, hi, D, ys, prior) -> tuple[float, np.ndarray]:
+        """Negative log posterior (or likelihood) and its gradient with respect to z."""
         theta = _from_z(z, lo, hi)
         lml, grad = self._lml_and_grad(theta, D, ys)
         if not np.isfinite(lml):
             return np.inf, np.zeros_like(z)
+        if prior is not None:
+            mean, sd = prior
+            lml = lml - 0.5 * float((((theta - mean) / sd) ** 2).sum())
+            grad = grad - (theta - mean) / sd ** 2
         s = _sigmoid(z)
         return -lml, -grad * (hi - lo) * s * (1.0 - s)
 
@@ -338,7 +553,7 @@ class GaussianProcess:
         alpha = K_inv @ ys
         lml = -0.5 * float(ys @ alpha) - float(np.log(np.diag(L)).sum()) - 0.5 * n * _LOG_2PI
         W = np.outer(alpha, alpha) - K_inv
-        # dK/dlog ℓ_d = σ² (5/3) (1 + √5 r) exp(-√5 r) · (x_d - x'_d)² / ℓ_d²
+        # dK/dlog ℓ_d = σ² (5/3) (1 + √5 r) exp(-√5 r) · δ_d / ℓ_d²
         WG = W * (variance * (5.0 / 3.0) * (1.0 + _SQRT5 * r) * e)
         g_ell = 0.5 * (D @ WG.ravel()) * inv_ell2
         if not self.ard:
@@ -353,13 +568,61 @@ class GaussianProcess:
         self.variance_ = float(math.exp(theta[n_ell]))
         self.noise_ = self.noise if self.noise is not None else float(math.exp(theta[n_ell + 1]))
 
+    def _set(self, hyperparameters: dict, d: int) -> None:
+        try:
+            ell = np.broadcast_to(np.asarray(hyperparameters["length_scale"], dtype=np.float64),
+                                  (d,)).copy()
+            variance = float(hyperparameters["variance"])
+            noise = float(hyperparameters["noise"])
+        except (KeyError, TypeError, ValueError):
+            raise ValueError("hyperparameters must be a dict with a length_scale (one or "
+                             f"{d} values), a variance and a noise; got {hyperparameters!r}"
+                             ) from None
+        if not (np.all(ell > 0) and variance > 0 and noise > 0):
+            raise ValueError(f"hyperparameters must be > 0; got {hyperparameters!r}")
+        self.length_scale_, self.variance_, self.noise_ = ell, variance, noise
+
+    @property
+    def hyperparameters_(self) -> dict:
+        """The fitted ``{"length_scale", "variance", "noise"}`` (for ``fit(...,
+        hyperparameters=...)``)."""
+        self._check_fitted()
+        return {"length_scale": self.length_scale_.copy(), "variance": self.variance_,
+                "noise": self.noise_}
+
     def _condition(self, X: np.ndarray, ys: np.ndarray) -> None:
         """Store the data (standardised targets) and the factors the predictions need."""
-        K = matern52(X, X, self.length_scale_, self.variance_) + self.noise_ * np.eye(len(X))
+        K = self._kernel(X, X) + self.noise_ * np.eye(len(X))
         self._L_inv = np.linalg.inv(_cholesky(K))
-        self._alpha = self._L_inv.T @ (self._L_inv @ ys)
+        self._beta = self._L_inv @ ys  # whitened targets: alpha = L⁻ᵀ beta
+        self._alpha = self._L_inv.T @ self._beta
         self.X_train_ = X
         self._ys = ys
+
+    def _kernel(self, X1: np.ndarray, X2: np.ndarray) -> np.ndarray:
+        return _matern_from_r2(_sq_dists(X1, X2, 1.0 / self.length_scale_ ** 2, self._cat),
+                               self.variance_)
+
+    def _append(self, x: np.ndarray, ys_new: float) -> None:
+        """Condition on one more point in O(n²): the new last row of L⁻¹ and of beta.
+
+        With K' = [[K, k], [kᵀ, κ]], L' = [[L, 0], [lᵀ, c]] for l = L⁻¹k and
+        c = √(κ - lᵀl), so L'⁻¹ = [[L⁻¹, 0], [-lᵀL⁻¹/c, 1/c]].
+        """
+        k = self._kernel(x[None, :], self.X_train_)[0]
+        l_vec = self._L_inv @ k
+        c = math.sqrt(max(self.variance_ + self.noise_ - float(l_vec @ l_vec),
+                          1e-10 * self.variance_))
+        n = len(self._ys)
+        L_inv = np.zeros((n + 1, n + 1))
+        L_inv[:n, :n] = self._L_inv
+        L_inv[n, :n] = -(l_vec @ self._L_inv) / c
+        L_inv[n, n] = 1.0 / c
+        self._L_inv = L_inv
+        self._beta = np.append(self._beta, (ys_new - float(l_vec @ self._beta)) / c)
+        self._alpha = L_inv.T @ self._beta
+        self.X_train_ = np.vstack([self.X_train_, x])
+        self._ys = np.append(self._ys, ys_new)
 
     # -- predictions -----------------------------------------------------------------------
 
@@ -367,31 +630,54 @@ class GaussianProcess:
         if not hasattr(self, "_alpha"):
             raise RuntimeError("this GaussianProcess is not fitted; call fit(X, y) first")
 
-    def predict(self, X, return_std: bool = True):
+    def predict(self, X, return_std: bool = True, return_grad: bool = False):
         """Posterior mean (and standard deviation of the latent function) at ``X``.
 
         In the units of the ``y`` given to ``fit``; the noise variance is not
-        added to the standard deviation.
+        added to the standard deviation. With ``return_grad`` also the gradients
+        of both with respect to ``X`` (arrays of shape (m, d), zero along the
+        categorical dimensions): ``mean, std, dmean, dstd``.
         """
         self._check_fitted()
         X = np.atleast_2d(np.asarray(X, dtype=np.float64))
-        Ks = matern52(X, self.X_train_, self.length_scale_, self.variance_)
+        r2 = _sq_dists(X, self.X_train_, 1.0 / self.length_scale_ ** 2, self._cat)
+        Ks = _matern_from_r2(r2, self.variance_)
         mean = Ks @ self._alpha * self.y_std_ + self.y_mean_
-        if not return_std:
+        if not (return_std or return_grad):
             return mean
-        v = self._L_inv @ Ks.T
-        var = np.maximum(self.variance_ - np.einsum("ij,ij->j", v, v), 0.0)
-        return mean, np.sqrt(var) * self.y_std_
+        v = Ks @ self._L_inv.T
+        var = np.maximum(self.variance_ - np.einsum("ij,ij->i", v, v), 0.0)
+        std = np.sqrt(var)
+        if not return_grad:
+            return mean, std * self.y_std_
+        dmean, dvar = self._grads(X, r2, v @ self._L_inv)
+        dstd = dvar / (2.0 * np.maximum(std, 1e-150))[:, None]
+        return mean, std * self.y_std_, dmean * self.y_std_, dstd * self.y_std_
+
+    def _grads(self, X: np.ndarray, r2: np.ndarray, w: np.ndarray):
+        """d mean/dx and d var/dx (standardised units) from r² and w = K⁻¹ k(X_train, x).
+
+        dk/dx_d = -(5/3) σ² (1 + √5 r) exp(-√5 r) (x_d - x'_d) / ℓ_d² on ordered dims.
+        """
+        r = np.sqrt(r2)
+        coeff = -(5.0 / 3.0) * self.variance_ * (1.0 + _SQRT5 * r) * np.exp(-_SQRT5 * r)
+        scale = np.where(self._cat, 0.0, 1.0 / self.length_scale_ ** 2)
+        diff = (X[:, None, :] - self.X_train_[None, :, :]) * scale  # (m, n, d)
+        dmean = np.einsum("mn,mnd->md", coeff * self._alpha[None, :], diff)
+        dvar = -2.0 * np.einsum("mn,mnd->md", coeff * w, diff)
+        return dmean, dvar
 
     def condition(self, X_new, y_new) -> GaussianProcess:
         """A copy with the same hyperparameters and standardisation, conditioned on the
-        training data plus (X_new, y_new), without refitting (for fantasised points)."""
+        training data plus (X_new, y_new), without refitting (for fantasised points).
+
+        Each new point costs O(n²) (an update of the Cholesky factor's inverse)."""
         self._check_fitted()
         X_new, y_new = self._check_data(np.atleast_2d(X_new), y_new)
         other = object.__new__(GaussianProcess)
         other.__dict__.update(self.__dict__)
-        ys_new = (y_new - self.y_mean_) / self.y_std_
-        other._condition(np.vstack([self.X_train_, X_new]), np.concatenate([self._ys, ys_new]))
+        for x, value in zip(X_new, (y_new - self.y_mean_) / self.y_std_, strict=True):
+            other._append(x, float(value))
         return other
 
     @property
@@ -408,14 +694,31 @@ class GaussianProcess:
             np.asarray(length_scale, dtype=np.float64), (d,))
         variance = self.variance_ if variance is None else float(variance)
         noise = self.noise_ if noise is None else float(noise)
-        K = matern52(self.X_train_, self.X_train_, ell, variance) + noise * np.eye(len(self._ys))
+        K = matern52(self.X_train_, self.X_train_, ell, variance, self._cat) + noise * np.eye(
+            len(self._ys))
         L = _cholesky(K)
         a = np.linalg.solve(L, self._ys)
         return float(-0.5 * a @ a - np.log(np.diag(L)).sum() - 0.5 * len(a) * _LOG_2PI)
 
+    def log_prior(self, length_scale=None, variance=None, noise=None) -> float:
+        """log p(θ) (up to a constant) of the prior the fit uses; 0 with ``prior=False``."""
+        self._check_fitted()
+        d = self.X_train_.shape[1]
+        ell = self.length_scale_ if length_scale is None else np.broadcast_to(
+            np.asarray(length_scale, dtype=np.float64), (d,))
+        if not self.ard:
+            ell = ell[:1]
+        theta = np.log(np.concatenate([ell, [self.variance_ if variance is None else variance]]
+                                      + ([[self.noise_ if noise is None else noise]]
+                                         if self.noise is None else [])))
+        prior = self._prior(len(ell), d)
+        if prior is None:
+            return 0.0
+        return float(-0.5 * (((theta - prior[0]) / prior[1]) ** 2).sum())
+
     def __repr__(self) -> str:
         return (f"GaussianProcess(ard={self.ard}, noise={self.noise}, "
-                f"n_restarts={self.n_restarts}, seed={self.seed})")
+                f"n_restarts={self.n_restarts}, seed={self.seed}, prior={self.prior})")
 
 
 def _to_z(theta: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
