@@ -605,12 +605,10 @@ def _roll_back(model, history, snapshot, where, first) -> None:
     history.history = {k: v[:kept] for k, v in history.history.items() if v[:kept]}
     at = "" if where.epoch is None else f" in epoch {where.epoch + 1}" + (
         "" if where.batch is None else f", batch {where.batch + 1}")
-    reason = (f"interrupted (KeyboardInterrupt){at}: the model was rolled back to the end "
-              f"of epoch {model.epochs_trained} (its last complete epoch)"
-              if snapshot is not None and model.epochs_trained else
-              f"interrupted (KeyboardInterrupt){at}: "
-              + ("the model is as it was before this fit" if kept == 0 else
-                 f"the model is at the end of epoch {model.epochs_trained}"))
+    done = model.epochs_trained
+    state = f"the end of epoch {done} (its last complete epoch)" if done else "its initial state"
+    reason = (f"interrupted (KeyboardInterrupt){at}: the model was "
+              f"{'rolled back to' if snapshot is not None else 'left at'} {state}")
     model.stop_training = True
     model.stop_reason = history.stop_reason = reason
 
