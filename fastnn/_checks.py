@@ -191,7 +191,8 @@ def finite_chunks(name: str, X, *, rows: int | None = None, dtype=None) -> None:
     for start in range(0, X.shape[0], step):
         chunk = _rows_of(X, start, start + step)
         if dtype is not None:
-            chunk = chunk.astype(dtype, copy=False)
+            with np.errstate(over="ignore"):  # an overflow to inf is reported below
+                chunk = chunk.astype(dtype, copy=False)
         with np.errstate(over="ignore", invalid="ignore"):
             total = np.add.reduce(chunk, axis=None)
         if not math.isfinite(total):  # a non-finite value, or an overflowing sum
@@ -236,7 +237,8 @@ def features(name: str, X, n_features: int | None, dtype: np.dtype) -> np.ndarra
     arr = rows(name, X, n_features, finite=False)
     # The one cast of the data to the model's dtype (float64 data into a float32 model is
     # rounded here, once; nothing is promoted later), checked after the cast.
-    arr = np.ascontiguousarray(arr, dtype=dtype)
+    with np.errstate(over="ignore"):  # an overflow to inf is reported below
+        arr = np.ascontiguousarray(arr, dtype=dtype)
     finite_chunks(name, arr)
     return arr
 
@@ -272,7 +274,8 @@ def feature_chunks(name: str, X, n_features: int | None, dtype: np.dtype,
 
 def _feature_chunks(name, arr, dtype, step):
     for start in range(0, arr.shape[0], step):
-        chunk = np.ascontiguousarray(_rows_of(arr, start, start + step), dtype=dtype)
+        with np.errstate(over="ignore"):  # an overflow to inf is reported below
+            chunk = np.ascontiguousarray(_rows_of(arr, start, start + step), dtype=dtype)
         try:
             finite_chunks(name, chunk, rows=step)
         except ValueError:

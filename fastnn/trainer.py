@@ -16,6 +16,7 @@ this protocol, never by its module:
 from __future__ import annotations
 
 import math
+import mmap
 import numbers
 import time
 import warnings
@@ -229,6 +230,16 @@ class _RowRange:
         return self.X[start:stop]
 
 
+def _memory_mapped(X) -> bool:
+    """Whether ``X`` is (a view of) a memory-mapped file: np.memmap, or an ndarray over an
+    mmap (``np.asarray`` of a memmap, as scikit-learn's checks return it)."""
+    while isinstance(X, np.ndarray):
+        if isinstance(X, np.memmap):
+            return True
+        X = X.base
+    return isinstance(X, mmap.mmap)
+
+
 def _first_rows(X, n: int):
     return X[:n] if isinstance(X, np.ndarray) else _RowRange(X, n)
 
@@ -260,13 +271,14 @@ class _Rows:
         self.batch_size, self.merge_single = batch_size, merge_single
         usable = (isinstance(X, np.ndarray) and X.dtype == dtype and X.flags.c_contiguous
                   and X.flags.aligned)
-        streamed = isinstance(X, np.memmap) or not isinstance(X, np.ndarray)
+        mapped = _memory_mapped(X)
+        streamed = mapped or not isinstance(X, np.ndarray)
         if shuffle == "blocks" or (not usable and streamed and not shuffle):
             self.mode = "blocks"
             self.blocks = self._cut(n, block_rows, X)
             self.sizes = [batch_sizes(e - s, batch_size, merge_single) for s, e in self.blocks]
             capacity = max(e - s for s, e in self.blocks)
-        elif not usable and isinstance(X, np.memmap):
+        elif not usable and mapped:
             self.mode = "batches"
             self.sizes = batch_sizes(n, batch_size, merge_single)
             capacity = max(self.sizes)
