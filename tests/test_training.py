@@ -3,6 +3,9 @@
 
 from __future__ import annotations
 
+import signal
+import threading
+import time
 import tracemalloc
 import warnings
 
@@ -626,3 +629,40 @@ def test_ctrl_c_closes_the_progress_line(capsys):
     out = capsys.readouterr().out
     assert out.endswith("\n"), out[-200:]
     assert "Epoch 2/3" in out
+
+
+class _SigintAfter(Callback):
+    """Sends the main thread a real SIGINT ``delay`` seconds into training (from a timer
+    thread), so the KeyboardInterrupt lands wherever the loop then is."""
+
+    def __init__(self, delay):
+        self.delay, self.timer = delay, None
+
+    def on_train_begin(self, logs=None):
+        main = threading.main_thread().ident
+        self.timer = threading.Timer(self.delay,
+                                     lambda: signal.pthread_kill(main, signal.SIGINT))
+        self.timer.start()
+
+
+@pytest.mark.skipif(not hasattr(signal, "pthread_kill"), reason="POSIX signals")
+@pytest.mark.parametrize("epochs_in", [0.3, 1.5, 2.7])
+def test_a_real_sigint_anywhere_in_fit_rolls_back(epochs_in):
+    X, y = _data(1600, 5, 3, seed=26)
+    timing = _ctrl_c_model(Adam(0.01))
+    start = time.perf_counter()
+    _call_fit(timing, {**_fit_args(X, y), "epochs": 2})
+    epoch_seconds = (time.perf_counter() - start) / 2
+    model = _ctrl_c_model(Adam(0.01))
+    fire = _SigintAfter(epochs_in * epoch_seconds)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            _call_fit(model, {**_fit_args(X, y, callbacks=[fire]), "epochs": 200})
+    finally:
+        fire.timer.cancel()
+    done = model.epochs_trained
+    assert "interrupted (KeyboardInterrupt)" in model.history.stop_reason
+    ref = _ctrl_c_model(Adam(0.01))
+    ref_history = _call_fit(ref, {**_fit_args(X, y), "epochs": done})
+    _assert_same_state(model, ref)
+    _history_equal(model.history, ref_history)
