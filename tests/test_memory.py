@@ -222,3 +222,19 @@ def test_estimator_fit_and_predict_do_not_copy_a_float32_x(tmp_path):
     assert predict_peak < output + 12 * MB, predict_peak
     mapped = _memmap(tmp_path, X)
     np.testing.assert_array_equal(clf.predict_proba(mapped), proba[0])
+
+
+@pytest.mark.parametrize("shuffle", [True, False, "blocks"])
+def test_memmap_fit_per_layer_path_weights_and_regression(tmp_path, shuffle):
+    """The per-layer path (sample weights; a regressor) stages rows the same way."""
+    X, y = _data(900, dtype=np.float64)
+    mapped = _memmap(tmp_path, X)
+    weights = np.linspace(0.5, 1.5, 900)
+    targets = X[:, :2].sum(axis=1)
+    for make, labels in ((_model, y), (lambda: fastnn.Sequential(
+            [Dense(8), ReLU(), Dense(1)], input_dim=WIDTH, seed=2), targets)):
+        a, b = make(), make()
+        for model, source in ((a, mapped), (b, X)):
+            model.fit(source, labels, epochs=2, batch_size=32, verbose=0, shuffle=shuffle,
+                      block_rows=128, sample_weight=weights)
+        _same_training(a, b)
