@@ -242,7 +242,10 @@ class CSVLogger(Callback):
 
 class ProgressBar(Callback):
     """verbose=1: a per-epoch bar (tqdm if installed, else a plain text bar); 2: one line
-    per epoch. Written to stdout, like Keras."""
+    per epoch. Written to stdout, like Keras.
+
+    ``fit`` calls ``on_batch_end`` only every few batches (about 20 times a second, and
+    on each epoch's last batch): the bar shows the batch it is given."""
 
     def __init__(self, verbose: int, epochs: int, steps: int, stream=None) -> None:
         self.verbose = verbose
@@ -277,7 +280,7 @@ class ProgressBar(Callback):
             return
         loss = (logs or {}).get("loss", float("nan"))
         if self._bar is not None:
-            self._bar.update(1)
+            self._bar.update(batch + 1 - self._bar.n)  # fit may skip batches (throttled)
             if batch % 10 == 0 or batch + 1 == self.steps:
                 self._bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
             return
@@ -285,11 +288,23 @@ class ProgressBar(Callback):
         if now - self._last_draw < 0.1 and batch + 1 < self.steps:
             return
         self._last_draw = now
+        self._drawn = True
         done = int(30 * (batch + 1) / self.steps)
         bar = "=" * max(done - 1, 0) + (">" if done < 30 else "=") + "." * (30 - done)
         self.stream.write(f"\rEpoch {self._epoch_number}/{self.epochs} [{bar}] "
                           f"{batch + 1}/{self.steps} - loss: {loss:.4f}")
         self.stream.flush()
+
+    _drawn = False  # a text bar is on screen without its end of line
+
+    def on_train_end(self, logs=None) -> None:
+        if self._bar is not None:  # training stopped within an epoch (Ctrl-C)
+            self._bar.close()
+            self._bar = None
+        elif self._drawn:
+            self.stream.write("\n")
+            self.stream.flush()
+            self._drawn = False
 
     def on_epoch_end(self, epoch, logs=None) -> None:
         elapsed = time.perf_counter() - self._start
@@ -301,6 +316,7 @@ class ProgressBar(Callback):
             self._bar = None
             return
         if self.verbose == 1:
+            self._drawn = False
             self.stream.write(f" - {elapsed:.2f}s - {metrics}\n")
         elif self.verbose == 2:
             self.stream.write(f"Epoch {self._epoch_number}/{self.epochs} - {elapsed:.2f}s - "

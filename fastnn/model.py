@@ -306,7 +306,7 @@ class Sequential(Trainer):
         Softmax), a new array of the model's dtype.
 
         ``X`` is any 2-D numeric array of the model's width (see
-        :func:`fastnn._checks.feature_rows`): it is cast to the model's dtype and checked
+        :func:`fastnn._checks.rows`): it is cast to the model's dtype and checked
         finite chunk by chunk, so working memory does not grow with the rows. On the
         cython backend the pass is planned (:mod:`fastnn._infer`); otherwise the layers'
         ``infer`` run one by one with each BatchNorm folded into the Dense before it.
@@ -381,7 +381,7 @@ class Sequential(Trainer):
         if not self.loss.classification:
             raise TypeError("predict_proba needs a classifier (a cross-entropy loss); "
                             "this model is a regressor: use predict")
-        out = self._infer(_checks.feature_rows("X", X, self.input_dim))
+        out = self._infer(_checks.rows("X", X, self.input_dim, finite=False))
         if not self.layers[-1].softmax:
             from . import ops
             out = ops.softmax(out, out=out)
@@ -394,7 +394,7 @@ class Sequential(Trainer):
             probs = self.predict_proba(X)
             index = np.argmax(probs, axis=1)
             return index if self.classes_ is None else self.classes_[index]
-        out = self._infer(_checks.feature_rows("X", X, self.input_dim))
+        out = self._infer(_checks.rows("X", X, self.input_dim, finite=False))
         return out[:, 0] if out.shape[1] == 1 and self._targets_1d else out
 
     _targets_1d = True
@@ -402,7 +402,7 @@ class Sequential(Trainer):
     def evaluate(self, X, y, *, sample_weight=None) -> dict:
         """Loss (and accuracy for a classifier) in eval mode: ``{"loss": ..., "accuracy": ...}``."""
         self._require_built()
-        X = _checks.feature_rows("X", X, self.input_dim)
+        X = _checks.rows("X", X, self.input_dim, finite=False)
         targets, _, _ = _targets.encode(y, X.shape[0], classification=self.loss.classification,
                                         output_dim=self.output_dim, dtype=self.dtype,
                                         classes=self.classes_)

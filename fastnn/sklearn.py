@@ -48,7 +48,7 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
         'fastnn.sklearn needs scikit-learn: pip install "fastnn-cpu[sklearn]"'
         f" ({exc})") from None
 
-from . import _names, optimizers, schedules
+from . import _checks, _names, optimizers, schedules
 from .callbacks import Callback
 from .layers import activation as activation_layer
 from .layers import mlp
@@ -318,6 +318,17 @@ class _BaseFastNN(BaseEstimator):
                           stacklevel=3)
         return self
 
+    def _infer_float64(self, X, logits: bool = False) -> np.ndarray:
+        """The model's float64 outputs for the checked ``X``, cast chunk by chunk: a
+        float32 ``X`` (or a memmap) is never copied whole to float64."""
+        out = None
+        for start, chunk in _checks.feature_chunks("X", X, None, np.float64):
+            part = self.model_._infer(chunk, logits=logits, dtype=np.float64)
+            if out is None:
+                out = np.empty((X.shape[0], part.shape[1]), np.float64)
+            out[start:start + part.shape[0]] = part
+        return out
+
     def _inference_weights(self):
         """(coefs_, intercepts_) of the eval-mode network, BatchNorm folded."""
         coefs, intercepts = [], []
@@ -477,7 +488,7 @@ class FastNNClassifier(ClassifierMixin, _BaseFastNN):
         X = validate_data(self, X, reset=False, dtype=(np.float64, np.float32))
         # Inference in float64 whatever the training dtype: a row's prediction must not
         # depend on the other rows even in its last bits (float32 products do, slightly).
-        logits = self.model_._infer(X, logits=True, dtype=np.float64)
+        logits = self._infer_float64(X, logits=True)
         from . import ops
 
         return ops.softmax(logits, out=logits)
@@ -570,5 +581,5 @@ class FastNNRegressor(RegressorMixin, _BaseFastNN):
         """Predicted values, shape (n_samples,) or (n_samples, n_outputs)."""
         check_is_fitted(self, "model_")
         X = validate_data(self, X, reset=False, dtype=(np.float64, np.float32))
-        out = self.model_._infer(X, dtype=np.float64)  # float64: see predict_proba
+        out = self._infer_float64(X)  # float64: see predict_proba
         return out[:, 0] if self._y_ndim == 1 else out

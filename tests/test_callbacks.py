@@ -357,3 +357,39 @@ def test_history_records_global_epochs_and_metrics():
     assert h2.epoch == [2] and model.history is h2 and h1.epoch == [0, 1]
     assert repr(h2) == "History(1 epochs: loss, accuracy, lr)"
     assert model.fit(X, y, epochs=0, verbose=0).epoch == []
+
+
+class _Batches(fastnn.callbacks.Callback):
+    def __init__(self):
+        self.seen = []
+
+    def on_batch_end(self, batch, logs=None):
+        self.seen.append((batch, logs["loss"]))
+
+
+@pytest.mark.parametrize("verbose", [0, 1])
+def test_a_callback_with_on_batch_end_gets_every_batch_and_the_running_loss(verbose,
+                                                                           capsys):
+    X, y = _data()
+    cb = _Batches()
+    history = _model().fit(X, y, epochs=2, batch_size=16, verbose=verbose, callbacks=[cb])
+    capsys.readouterr()
+    assert [b for b, _ in cb.seen] == list(range(6)) * 2
+    assert cb.seen[5][1] == pytest.approx(history.history["loss"][0], rel=1e-12)
+    assert cb.seen[11][1] == pytest.approx(history.history["loss"][1], rel=1e-12)
+
+
+def test_the_progress_bar_is_drawn_sparingly_but_always_finishes(capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "tqdm", None)
+    monkeypatch.setitem(sys.modules, "tqdm.auto", None)
+    calls = []
+    real = fastnn.callbacks.ProgressBar.on_batch_end
+    monkeypatch.setattr(fastnn.callbacks.ProgressBar, "on_batch_end",
+                        lambda self, batch, logs=None: (calls.append(batch),
+                                                        real(self, batch, logs)))
+    X, y = _data(n=4000)
+    _model().fit(X, y, epochs=1, batch_size=8, verbose=1)  # 500 quick batches
+    out = capsys.readouterr().out
+    assert calls[-1] == 499 and 0 in calls
+    assert len(calls) < 100, len(calls)  # about 20 a second, not 500
+    assert f"[{'=' * 30}] 500/500 - loss: " in out

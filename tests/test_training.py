@@ -3,6 +3,9 @@
 
 from __future__ import annotations
 
+import signal
+import threading
+import time
 import tracemalloc
 import warnings
 
@@ -475,3 +478,191 @@ def test_non_finite_restore_also_restores_optimizer_state(backend):
     assert "restored" in history.stop_reason
     assert opt.iterations == iterations
     np.testing.assert_array_equal(opt.state_arrays()["velocity"], velocity)
+
+
+# ----------------------------------------------------------------------------------------
+# 12. Ctrl-C: rolled back to the last complete epoch, KeyboardInterrupt raised again
+# ----------------------------------------------------------------------------------------
+
+
+class _CtrlC(Callback):
+    """Raises KeyboardInterrupt at (epoch, batch) in on_batch_end, or at the end of an
+    epoch with batch=None; records on_train_end."""
+
+    def __init__(self, epoch, batch):
+        self.at, self.epoch, self.ended = (epoch, batch), None, False
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_batch_end(self, batch, logs=None):
+        if (self.epoch, batch) == self.at:
+            raise KeyboardInterrupt
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.at == (epoch, None):
+            raise KeyboardInterrupt
+
+    def on_train_end(self, logs=None):
+        self.ended = True
+
+
+def _ctrl_c_model(optimizer):
+    model = fastnn.Sequential([Dense(12), BatchNorm(), ReLU(), Dense(3), Softmax()],
+                              input_dim=5, seed=3)
+    model.optimizer = optimizer
+    return model
+
+
+_OPTIMIZERS = {"adam": lambda: Adam(0.01), "sgd_momentum": lambda: SGD(0.05, momentum=0.9)}
+
+
+def _fit_args(X, y, **kw):
+    schedule = LearningRateScheduler(lambda epoch, lr: 0.02 / (1 + epoch))
+    return dict(x=X, y=y, epochs=5, batch_size=16, verbose=0, seed=11,
+                callbacks=[schedule, *kw.pop("callbacks", [])], **kw)
+
+
+def _call_fit(model, args):
+    args = dict(args)
+    return model.fit(args.pop("x"), args.pop("y"), **args)
+
+
+def _assert_same_state(a, b):
+    """Two models in the same training state, bit for bit."""
+    np.testing.assert_array_equal(a._params, b._params)
+    np.testing.assert_array_equal(a._states, b._states)  # BatchNorm running statistics
+    sa, sb = a.optimizer.state_arrays(), b.optimizer.state_arrays()
+    assert sa.keys() == sb.keys()
+    for name in sa:
+        np.testing.assert_array_equal(sa[name], sb[name], err_msg=name)
+    assert a.optimizer.get_config() == b.optimizer.get_config()  # steps, epoch, rate
+    assert a.epochs_trained == b.epochs_trained
+
+
+def _reference(optimizer, X, y, epochs, shuffle):
+    """A model trained for exactly ``epochs`` complete epochs (no interruption)."""
+    ref = _ctrl_c_model(_OPTIMIZERS[optimizer]())
+    args = _fit_args(X, y, shuffle=shuffle, block_rows=32)
+    args["epochs"] = epochs
+    return ref, _call_fit(ref, args)
+
+
+@pytest.mark.parametrize("shuffle", [True, False, "blocks"])
+@pytest.mark.parametrize("optimizer", list(_OPTIMIZERS))
+def test_ctrl_c_in_a_batch_rolls_back_to_the_last_complete_epoch(backend, optimizer,
+                                                                  shuffle):
+    X, y = _data(100, 5, 3, seed=21)
+    model = _ctrl_c_model(_OPTIMIZERS[optimizer]())
+    stop = _CtrlC(epoch=2, batch=1)  # epoch 3, batch 2
+    with pytest.raises(KeyboardInterrupt):
+        _call_fit(model, _fit_args(X, y, shuffle=shuffle, block_rows=32,
+                                   callbacks=[stop]))
+    ref, ref_history = _reference(optimizer, X, y, 2, shuffle)
+    _assert_same_state(model, ref)
+    assert model.epochs_trained == 2
+    _history_equal(model.history, ref_history)
+    assert model.history.stop_reason.startswith("interrupted (KeyboardInterrupt) in epoch 3, "
+                                                "batch 2")
+    assert "end of epoch 2" in model.history.stop_reason
+    assert stop.ended  # callbacks' on_train_end ran
+    # and training goes on exactly as if it had never been interrupted
+    model.fit(X, y, epochs=1, batch_size=16, verbose=0, shuffle=shuffle, block_rows=32)
+    ref.fit(X, y, epochs=1, batch_size=16, verbose=0, shuffle=shuffle, block_rows=32)
+    _assert_same_state(model, ref)
+
+
+@pytest.mark.parametrize("optimizer", list(_OPTIMIZERS))
+def test_ctrl_c_inside_an_optimizer_step_rolls_back(backend, optimizer, monkeypatch):
+    X, y = _data(100, 5, 3, seed=22)
+    model = _ctrl_c_model(_OPTIMIZERS[optimizer]())
+    opt = model.optimizer
+    real_step, calls = type(opt).step, []
+
+    def interrupted_step(self, params, grads):
+        calls.append(1)
+        if len(calls) == 7 * 2 + 3:  # epoch 3 (7 batches an epoch), batch 3
+            params -= 1.0  # the update half done
+            raise KeyboardInterrupt
+        real_step(self, params, grads)
+
+    monkeypatch.setattr(type(opt), "step", interrupted_step)
+    with pytest.raises(KeyboardInterrupt):
+        _call_fit(model, _fit_args(X, y))
+    monkeypatch.setattr(type(opt), "step", real_step)
+    ref, ref_history = _reference(optimizer, X, y, 2, True)
+    _assert_same_state(model, ref)
+    _history_equal(model.history, ref_history)
+    assert "in epoch 3, batch 3" in model.history.stop_reason
+
+
+def test_ctrl_c_in_the_first_epoch_leaves_the_model_as_before(backend):
+    X, y = _data(100, 5, 3, seed=23)
+    model = _ctrl_c_model(Adam(0.01))
+    model.fit(X, y, epochs=1, batch_size=16, verbose=0, seed=11)
+    ref = _ctrl_c_model(Adam(0.01))
+    ref.fit(X, y, epochs=1, batch_size=16, verbose=0, seed=11)
+    with pytest.raises(KeyboardInterrupt):
+        model.fit(X, y, epochs=3, batch_size=16, verbose=0, callbacks=[_CtrlC(1, 4)])
+    _assert_same_state(model, ref)
+    assert model.history.epoch == [] and model.history.history == {}
+    assert model.history.stop_reason == ("interrupted (KeyboardInterrupt) in epoch 2, batch 5: "
+                                         "the model was rolled back to the end of epoch 1 "
+                                         "(its last complete epoch)")
+
+
+def test_ctrl_c_after_an_epoch_is_recorded_keeps_that_epoch(backend):
+    X, y = _data(100, 5, 3, seed=24)
+    model = _ctrl_c_model(Adam(0.01))
+    with pytest.raises(KeyboardInterrupt):
+        _call_fit(model, _fit_args(X, y, callbacks=[_CtrlC(1, None)]))  # in epoch 2's end
+    ref, ref_history = _reference("adam", X, y, 2, True)
+    _assert_same_state(model, ref)
+    _history_equal(model.history, ref_history)
+
+
+def test_ctrl_c_closes_the_progress_line(capsys):
+    X, y = _data(100, 5, 3, seed=25)
+    model = _ctrl_c_model(Adam(0.01))
+    with pytest.raises(KeyboardInterrupt):
+        model.fit(X, y, epochs=3, batch_size=16, verbose=1, callbacks=[_CtrlC(1, 2)])
+    out = capsys.readouterr().out
+    assert out.endswith("\n"), out[-200:]
+    assert "Epoch 2/3" in out
+
+
+class _SigintAfter(Callback):
+    """Sends the main thread a real SIGINT ``delay`` seconds into training (from a timer
+    thread), so the KeyboardInterrupt lands wherever the loop then is."""
+
+    def __init__(self, delay):
+        self.delay, self.timer = delay, None
+
+    def on_train_begin(self, logs=None):
+        main = threading.main_thread().ident
+        self.timer = threading.Timer(self.delay,
+                                     lambda: signal.pthread_kill(main, signal.SIGINT))
+        self.timer.start()
+
+
+@pytest.mark.skipif(not hasattr(signal, "pthread_kill"), reason="POSIX signals")
+@pytest.mark.parametrize("epochs_in", [0.3, 1.5, 2.7])
+def test_a_real_sigint_anywhere_in_fit_rolls_back(epochs_in):
+    X, y = _data(1600, 5, 3, seed=26)
+    timing = _ctrl_c_model(Adam(0.01))
+    start = time.perf_counter()
+    _call_fit(timing, {**_fit_args(X, y), "epochs": 2})
+    epoch_seconds = (time.perf_counter() - start) / 2
+    model = _ctrl_c_model(Adam(0.01))
+    fire = _SigintAfter(epochs_in * epoch_seconds)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            _call_fit(model, {**_fit_args(X, y, callbacks=[fire]), "epochs": 200})
+    finally:
+        fire.timer.cancel()
+    done = model.epochs_trained
+    assert "interrupted (KeyboardInterrupt)" in model.history.stop_reason
+    ref = _ctrl_c_model(Adam(0.01))
+    ref_history = _call_fit(ref, {**_fit_args(X, y), "epochs": done})
+    _assert_same_state(model, ref)
+    _history_equal(model.history, ref_history)
