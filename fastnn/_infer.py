@@ -40,11 +40,18 @@ class InferencePlan:
         if isinstance(steps, str):
             raise ValueError(f"this model cannot plan its inference: {steps}")
         self.out = steps[-1].output if steps else self.x
-        # the inputs and the outputs checked finite inside the same call
-        self.checks = (ops.plan_finite(self.x), ops.plan_finite(self.out))
-        self.program = ops.program([self.checks[0], *(op for step in steps
-                                                      for op in step.forward),
-                                    self.checks[1]])
+        # The inputs and the outputs checked finite inside the same call. A NaN or inf
+        # input makes every product it enters NaN or inf (inf * 0 is NaN), so when the
+        # first layer is a Dense its (narrower) output is checked instead of the input.
+        forward = [op for step in steps for op in step.forward]
+        first = model.layers[0].units is not None and steps and len(steps[0].forward) == 1
+        self.checks = (ops.plan_finite(steps[0].output if first else self.x),
+                       ops.plan_finite(self.out))
+        if first:
+            forward.insert(1, self.checks[0])
+        else:
+            forward.insert(0, self.checks[0])
+        self.program = ops.program([*forward, self.checks[1]])
         macs = n * _threads.macs_per_row(model.layers)
         # fastnn's own C loop computes the small products (no BLAS threads involved)
         self.threads = 0 if macs <= ops.SMALL_GEMM_MAX else _threads.threads_for(macs)
