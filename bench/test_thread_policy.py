@@ -109,6 +109,15 @@ def _fit_epoch(threads: int):
 def test_two_threads_against_one(benchmark, what):
     if len(os.sched_getaffinity(0)) < 2:
         pytest.skip("needs two cores")
+    from threadpoolctl import threadpool_limits
+
+    # the bench session holds BLAS at one thread (conftest), and fastnn never raises the
+    # program's own limit: lift it to two here, and let fastnn.threads() decide
+    with threadpool_limits(limits=2, user_api="blas"):
+        _two_threads_against_one(benchmark, what)
+
+
+def _two_threads_against_one(benchmark, what):
     times = {1: [], 2: []}
     results = {}
     if what == "fit-batch-256":

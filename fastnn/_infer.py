@@ -31,7 +31,7 @@ class InferencePlan:
     """The eval-mode pass of ``model`` on ``n`` rows (``logits``: without a fused final
     Softmax), bound to buffers of its own: ``run(rows)`` returns the output buffer."""
 
-    __slots__ = ("x", "out", "program", "threads", "params", "checks")
+    __slots__ = ("x", "out", "program", "macs", "params", "checks")
 
     def __init__(self, model, n: int, logits: bool) -> None:
         self.params = model._params  # the buffers it is bound to (a rebuild replaces them)
@@ -53,15 +53,16 @@ class InferencePlan:
             forward.insert(0, self.checks[0])
         self.program = ops.program([*forward, self.checks[1]])
         macs = n * _threads.macs_per_row(model.layers)
-        # fastnn's own C loop computes the small products (no BLAS threads involved)
-        self.threads = 0 if macs <= ops.SMALL_GEMM_MAX else _threads.threads_for(macs)
+        # fastnn's own C loop computes the small products (no BLAS threads involved);
+        # the thread count of the others is decided per run (the setting may change)
+        self.macs = 0 if macs <= ops.SMALL_GEMM_MAX else macs
 
     def run(self, rows: np.ndarray) -> np.ndarray:
         """The outputs for ``rows`` (in the plan's own buffer, overwritten by the next
         run); None if an input or an output is not finite (the caller says which)."""
         np.copyto(self.x, rows, casting="same_kind")  # the chunk's one cast
-        if self.threads:
-            with _threads.limited(self.threads):
+        if self.macs:
+            with _threads.limited(_threads.threads_for(self.macs)):
                 self.program.run(0)
         else:
             self.program.run(0)

@@ -402,3 +402,22 @@ def test_fastnn_never_raises_the_programs_own_blas_limit():
         big.fit(rng.standard_normal((512, 784)), rng.integers(0, 10, 512), epochs=1,
                 batch_size=256, callbacks=[record], verbose=0)
         assert record.seen == [[1]]
+
+
+def test_predict_follows_the_thread_setting_of_each_call(monkeypatch):
+    model, rng = _trained("relu-no-bn", np.float32, n_features=784)
+    seen = []
+    real = _threads.limited
+
+    def spy(n):
+        seen.append(n)
+        return real(n)
+
+    monkeypatch.setattr(_threads, "limited", spy)
+    monkeypatch.setattr(_threads, "PARALLEL_MIN_MACS", 1)  # every BLAS product "large"
+    X = rng.standard_normal((64, 784))
+    with fastnn.threads(1):
+        model.predict(X)
+    with fastnn.threads(2):
+        model.predict(X)  # the same plan, another setting
+    assert seen == [1, 2]
