@@ -57,8 +57,7 @@ def _train_once() -> tuple[float, float]:
 
 def _spinner() -> subprocess.Popen:
     cores = sorted(os.sched_getaffinity(0))
-    code = ("import os, sys\nos.sched_setaffinity(0, {%d})\nwhile True:\n    pass\n"
-            % cores[-1])
+    code = f"import os\nos.sched_setaffinity(0, {{{cores[-1]}}})\nwhile True:\n    pass\n"
     return subprocess.Popen([sys.executable, "-c", code])
 
 
