@@ -13,9 +13,9 @@ batches 64 and 256.
 Each round times EPOCHS bare epochs (in the benchmark's ``setup``) and then a ``fit`` of as many,
 alternately, so both see the same machine load; the benchmark's table is ``fit``'s, and
 ``extra_info`` gives the medians per batch, ``bare_us`` and ``fit_us``, and their ``ratio``
-(the target: <= 1.15). Checks: every round's loss is finite, and the loss of the last
-``fit`` round's last epoch is below the first's (on data with learnable labels), as is the bare
-step's. JAX is not installed here: the issue's JAX-jit comparison is not made.
+(the target: <= 1.15). Checks: every round's losses are finite, and in the last round (the
+only one under ``--benchmark-disable``) the last epoch's mean loss is below the first's, for
+``fit`` and for the bare step (the labels are learnable). JAX is not installed here: the issue's JAX-jit comparison is not made.
 """
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ def test_fit_per_batch_vs_bare_step(benchmark, case, verbose):
     bare_times, bare_losses = [], []
 
     def bare_epochs():
-        total = 0.0
+        epoch_losses = []
         start = time.perf_counter()
         for _ in range(EPOCHS):
             plan.set_order(rng.permutation(n))
@@ -82,8 +82,9 @@ def test_fit_per_batch_vs_bare_step(benchmark, case, verbose):
             for s in range(0, n, batch):
                 total += plan.step(s, batch)
                 bare.optimizer.step(bare._params, bare._grads)
+            epoch_losses.append(total / batches)
         bare_times.append((time.perf_counter() - start) / (EPOCHS * batches))
-        bare_losses.append(total / batches)
+        bare_losses.append(epoch_losses)
 
     model = _model(widths)
     model.fit(X, y, epochs=1, batch_size=batch, verbose=0)  # first call: the BLAS warm-up
@@ -94,13 +95,17 @@ def test_fit_per_batch_vs_bare_step(benchmark, case, verbose):
         with contextlib.redirect_stdout(io.StringIO()):
             history = model.fit(X, y, epochs=EPOCHS, batch_size=batch, verbose=verbose)
         fit_times.append((time.perf_counter() - start) / (EPOCHS * batches))
-        fit_losses.append(history.history["loss"][-1])
+        fit_losses.append(history.history["loss"])
 
     benchmark.group = f"fit_overhead-{case}"
     benchmark.pedantic(fit_epochs, setup=bare_epochs, rounds=rounds, iterations=1,
                        warmup_rounds=1)
-    assert all(math.isfinite(v) for v in fit_losses + bare_losses)
-    assert fit_losses[-1] < fit_losses[0] and bare_losses[-1] < bare_losses[0]
+    # every round's losses are finite; within the last round (the only one when the
+    # benchmarks are disabled) both trainings still learn: the last epoch's mean loss is
+    # below the first's
+    assert all(math.isfinite(v) for losses in fit_losses + bare_losses for v in losses)
+    assert fit_losses[-1][-1] < fit_losses[-1][0], fit_losses[-1]
+    assert bare_losses[-1][-1] < bare_losses[-1][0], bare_losses[-1]
     bare_us = statistics.median(bare_times) * 1e6
     fit_us = statistics.median(fit_times) * 1e6
     benchmark.extra_info.update(bench="fit_overhead", case=case, batch=batch,
