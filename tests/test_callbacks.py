@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import re
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -338,6 +339,31 @@ def test_verbose_1_plain_progress_bar_without_tqdm(capsys, monkeypatch):
                            draw)
             assert bar, draw
         assert f"- loss: {history.history['loss'][i]:.4f} - accuracy: " in draws[-1]
+
+
+class _Slow(fastnn.callbacks.Callback):
+    def on_batch_end(self, batch, logs=None):
+        time.sleep(0.04)
+
+
+@pytest.mark.parametrize("slow", [False, True])
+def test_verbose_1_tqdm_bar_one_finished_line_per_epoch(capsys, slow):
+    pytest.importorskip("tqdm", reason="the progress extra (tqdm) is not installed")
+    X, y = _data()
+    history = _model().fit(X, y, epochs=2, batch_size=16, verbose=1,
+                           callbacks=[_Slow()] if slow else [])
+    out = capsys.readouterr()
+    text = out.out + out.err
+    epochs = text.split("\n")
+    assert epochs[-1] == "" and len(epochs) == 3, text
+    for i, line in enumerate(epochs[:2]):
+        draws = [d for d in line.split("\r") if d]
+        assert draws[-1].startswith(f"Epoch {i + 1}/2: 100%"), line
+        assert "6/6" in draws[-1]
+        assert f"loss: {history.history['loss'][i]:.4f}" in draws[-1]
+        assert f"accuracy: {history.history['accuracy'][i]:.4f}" in draws[-1]
+        # a quick epoch is drawn once, when it ends; a slow one (0.24 s) also as it goes
+        assert len(draws) >= 2 if slow else len(draws) == 1, draws
 
 
 # ----------------------------------------------------------------------------------------
