@@ -13,9 +13,9 @@ batches 64 and 256.
 Each round times EPOCHS bare epochs (in the benchmark's ``setup``) and then a ``fit`` of as many,
 alternately, so both see the same machine load; the benchmark's table is ``fit``'s, and
 ``extra_info`` gives the medians per batch, ``bare_us`` and ``fit_us``, and their ``ratio``
-(the target: <= 1.15). Checks: every round's losses are finite, and in the last round (the
-only one under ``--benchmark-disable``) the last epoch's mean loss is below the first's, for
-``fit`` and for the bare step (the labels are learnable). JAX is not installed here: the issue's JAX-jit comparison is not made.
+(the target: <= 1.15). Checks: every round's losses are finite, and the last epoch's mean
+loss is below a quarter of an untrained model's (ln 10), for ``fit`` and for the bare step
+(the labels are learnable). JAX is not installed here: the issue's JAX-jit comparison is not made.
 """
 
 from __future__ import annotations
@@ -100,12 +100,13 @@ def test_fit_per_batch_vs_bare_step(benchmark, case, verbose):
     benchmark.group = f"fit_overhead-{case}"
     benchmark.pedantic(fit_epochs, setup=bare_epochs, rounds=rounds, iterations=1,
                        warmup_rounds=1)
-    # every round's losses are finite; within the last round (the only one when the
-    # benchmarks are disabled) both trainings still learn: the last epoch's mean loss is
-    # below the first's
+    # every round's losses are finite, and both trainings learned: the last epoch's mean
+    # loss is far below an untrained model's (ln 10, chance on 10 classes); they may
+    # wobble near zero once learned, so no round-to-round order is asserted
     assert all(math.isfinite(v) for losses in fit_losses + bare_losses for v in losses)
-    assert fit_losses[-1][-1] < fit_losses[-1][0], fit_losses[-1]
-    assert bare_losses[-1][-1] < bare_losses[-1][0], bare_losses[-1]
+    chance = math.log(widths[-1])
+    assert fit_losses[-1][-1] < 0.25 * chance, fit_losses[-1]
+    assert bare_losses[-1][-1] < 0.25 * chance, bare_losses[-1]
     bare_us = statistics.median(bare_times) * 1e6
     fit_us = statistics.median(fit_times) * 1e6
     benchmark.extra_info.update(bench="fit_overhead", case=case, batch=batch,
