@@ -21,6 +21,10 @@ for _var in (
     "NUMEXPR_NUM_THREADS",
 ):
     os.environ[_var] = "1"
+# JAX (an optional comparison in test_fit_overhead.py): XLA's CPU backend on one thread
+os.environ.setdefault("XLA_FLAGS",
+                      "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import pytest  # noqa: E402
 
