@@ -5,8 +5,9 @@ dozen times; the arithmetic was a small part of its time. Here, as for training
 (:mod:`fastnn._plan`), each layer binds its eval-mode pass once
 (:meth:`fastnn.layers.Layer.plan_infer`): the Dense product with its bias, the BatchNorm
 from the live running statistics with the next activation fused, the final softmax in
-place. A prediction is then a copy of the rows into the plan's input buffer, one call
-that runs every op, and a copy of the output.
+place. A prediction is then a copy of the rows into the plan's input buffer (none when a
+first Dense large enough for BLAS can read the caller's array in place), one call that
+runs every op, and a copy of the output.
 
 The ops read the model's live parameter and state views on every run, so a plan never
 goes stale: ``fit``, ``set_weights`` and in-place edits of the weights are seen by the
@@ -31,7 +32,7 @@ class InferencePlan:
     """The eval-mode pass of ``model`` on ``n`` rows (``logits``: without a fused final
     Softmax), bound to buffers of its own: ``run(rows)`` returns the output buffer."""
 
-    __slots__ = ("x", "out", "program", "macs", "params", "checks")
+    __slots__ = ("x", "out", "program", "macs", "params", "checks", "first", "input")
 
     def __init__(self, model, n: int, logits: bool) -> None:
         self.params = model._params  # the buffers it is bound to (a rebuild replaces them)
@@ -52,6 +53,11 @@ class InferencePlan:
         else:
             forward.insert(0, self.checks[0])
         self.program = ops.program([*forward, self.checks[1]])
+        # A first Dense large enough for BLAS reads a caller's array of the model's dtype
+        # in place: no copy of the rows into self.x (at 1024 rows of 784 floats, 3.2 MB)
+        self.first = (forward[0] if first and ops.rebind_matmul_input(forward[0], self.x,
+                                                                      self.x) else None)
+        self.input = self.x  # the rows a failed run read (for the caller's message)
         macs = n * _threads.macs_per_row(model.layers)
         # fastnn's own C loop computes the small products (no BLAS threads involved);
         # the thread count of the others is decided per run (the setting may change)
@@ -60,13 +66,26 @@ class InferencePlan:
     def run(self, rows: np.ndarray) -> np.ndarray:
         """The outputs for ``rows`` (in the plan's own buffer, overwritten by the next
         run); None if an input or an output is not finite (the caller says which)."""
-        np.copyto(self.x, rows, casting="same_kind")  # the chunk's one cast
-        if self.macs:
-            with _threads.limited(_threads.threads_for(self.macs)):
-                self.program.run(0)
+        first = self.first
+        if first is not None and ops.rebind_matmul_input(first, rows, self.x):
+            self.input = rows
         else:
-            self.program.run(0)
-        return self.out if self.checks[1].finite and self.checks[0].finite else None
+            first = None
+            self.input = self.x
+            np.copyto(self.x, rows, casting="same_kind")  # the chunk's one cast
+        try:
+            if self.macs:
+                with _threads.limited(_threads.threads_for(self.macs)):
+                    self.program.run(0)
+            else:
+                self.program.run(0)
+        finally:
+            if first is not None:
+                ops.rebind_matmul_input(first, self.x, self.x)
+        if self.checks[1].finite and self.checks[0].finite:
+            self.input = self.x  # no reference to the caller's array outlives the call
+            return self.out
+        return None  # self.input: the rows read, for the caller's message
 
 
 def layer_steps(model, x, logits: bool) -> list | str:

@@ -322,7 +322,7 @@ class Sequential(Trainer):
             if plan is not None and n <= _PREDICT_CHUNK:  # the common case: one chunk
                 out = plan.run(X)
                 if out is None:
-                    _check_output(plan.x, plan.out, 0)
+                    _check_output(plan.input, plan.out, 0)
                 return out.copy()
         out = None
         for start in range(0, n, _PREDICT_CHUNK):
@@ -332,7 +332,7 @@ class Sequential(Trainer):
             if plans is not None and plan is not None:
                 h = plan.run(rows)
                 if h is None:
-                    _check_output(plan.x, plan.out, start)
+                    _check_output(plan.input, plan.out, start)
             else:
                 x = np.ascontiguousarray(rows, dtype=self.dtype if dtype is None else dtype)
                 _checks.finite("X", x, start)

@@ -208,6 +208,67 @@ def test_float64_data_is_cast_chunk_by_chunk_into_a_float32_model():
                                   model.predict_proba(ints.astype(np.float32)))
 
 
+def _large_first_product(dtype):
+    """A model whose first Dense, at 600 rows, is a BLAS product (above SMALL_GEMM_MAX)."""
+    rng = np.random.default_rng(3)
+    model = Sequential(L.mlp([64, 32], 4), input_dim=40, dtype=dtype, seed=3)
+    model.fit(rng.standard_normal((128, 40)), rng.integers(0, 4, 128), epochs=1,
+              verbose=0)
+    assert 600 * 40 * 64 > ops.SMALL_GEMM_MAX
+    return model, rng
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
+def test_a_large_batch_of_the_models_dtype_is_read_in_place(dtype):
+    import sys
+
+    model, rng = _large_first_product(dtype)
+    X = rng.standard_normal((600, 40)).astype(dtype)
+    refs = sys.getrefcount(X)
+    read = model.predict_proba(X)
+    assert sys.getrefcount(X) == refs  # the plan kept no reference to the caller's rows
+    # the same rows copied into the plan's buffer (a Fortran-ordered array cannot be read
+    # in place; a float of another width is cast): the same bits
+    np.testing.assert_array_equal(read, model.predict_proba(np.asfortranarray(X)))
+    other = np.float64 if dtype == np.float32 else np.float32
+    if dtype == np.float32:
+        np.testing.assert_array_equal(read, model.predict_proba(X.astype(other)))
+    np.testing.assert_allclose(read, _unfolded(model, X), **TOL[dtype])
+    # the next call reads its own rows, not the last caller's
+    Y = rng.standard_normal((600, 40)).astype(dtype)
+    np.testing.assert_array_equal(model.predict_proba(Y),
+                                  model.predict_proba(np.asfortranarray(Y)))
+    assert not np.array_equal(model.predict_proba(Y), read)
+
+
+def test_a_bad_row_read_in_place_is_named():
+    model, rng = _large_first_product(np.float32)
+    X = rng.standard_normal((600, 40)).astype(np.float32)
+    X[417, 5] = np.nan
+    with pytest.raises(ValueError, match=r"first at row 417, column 5"):
+        model.predict_proba(X)
+    X[417] = 3e38  # finite, but the first product overflows
+    with pytest.raises(ValueError, match="overflow.*row 417"):
+        model.predict_proba(X)
+    X[417] = 0.0  # and the plan is whole again
+    np.testing.assert_array_equal(model.predict_proba(X),
+                                  model.predict_proba(np.asfortranarray(X)))
+
+
+def test_rebind_matmul_input_refuses_what_it_cannot_read_in_place():
+    a = np.ones((600, 40), np.float32)
+    b, out = np.ones((40, 64), np.float32), np.empty((600, 64), np.float32)
+    big = ops.plan_matmul(a, b, out)
+    small = ops.plan_matmul(a[:2], b, out[:2])
+    assert not ops.rebind_matmul_input(small, a[:2].copy(), a[:2])
+    for bad in (a.astype(np.float64), a[:599], np.asfortranarray(a), a.tolist()):
+        assert not ops.rebind_matmul_input(big, bad, a)
+    other = np.full((600, 40), 2, np.float32)
+    assert ops.rebind_matmul_input(big, other, a)
+    ops.program([big]).run(0)
+    np.testing.assert_array_equal(out, 80.0)
+
+
 # ---- the kernels the planned pass adds ---------------------------------------------------
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])

@@ -46,6 +46,7 @@ from .bound import (
     plan_softmax_cross_entropy,
     plan_standardize,
     program,
+    rebind_matmul_input,
 )
 from .calls import (
     BatchNormCache,
@@ -84,6 +85,7 @@ __all__ = [
     "plan_softmax_cross_entropy",
     "plan_standardize",
     "program",
+    "rebind_matmul_input",
     "rmsprop_update",
     "set_backend",
     "sgd_update",

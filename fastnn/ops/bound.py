@@ -34,7 +34,8 @@ from .calls import BatchNormCache, _check_states
 __all__ = ["SMALL_GEMM_MAX", "bind_adam", "can_plan", "plan_activation",
            "plan_batchnorm_backward", "plan_batchnorm_eval", "plan_batchnorm_train",
            "plan_column_sum", "plan_finite", "plan_gather", "plan_matmul", "plan_softmax",
-           "plan_softmax_cross_entropy", "plan_standardize", "program"]
+           "plan_softmax_cross_entropy", "plan_standardize", "program",
+           "rebind_matmul_input"]
 
 _INF = math.inf
 
@@ -144,6 +145,21 @@ def plan_matmul(a, b, out, *, trans_a: bool = False, trans_b: bool = False, bias
         return _op_class("MatmulOp", dtype)(np.matmul, A, B, out, bias)
     bt = np.empty((k, n), dtype) if trans_b else None
     return _op_class("GemmOp", dtype)(a, b, out, bias, bool(trans_a), bool(trans_b), bt)
+
+
+def rebind_matmul_input(op, a, bound) -> bool:
+    """Make the bound product ``op`` read ``a`` in place of ``bound``, the array it was
+    planned on (and back, with ``a = bound``): True if it did, False if ``op`` cannot (a
+    small product in fastnn's C loop reads the planned buffer only) or ``a`` is not an
+    array ``op`` may read in place (``bound``'s shape and dtype, C-contiguous, aligned).
+    Saves copying a large input into a plan's buffer."""
+    if not isinstance(op, _planning_module().MatmulOp) or not isinstance(a, np.ndarray):
+        return False
+    if (a.shape != bound.shape or a.dtype != bound.dtype
+            or a.flags.num & _C_ALIGNED != _C_ALIGNED):
+        return False
+    op.set_a(a)
+    return True
 
 
 def plan_column_sum(d, out):
