@@ -541,6 +541,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         model = _build_model(args, n_classes, X_train)
         model.optimizer = _build_optimizer(args, args.epochs)
         epochs = args.epochs
+    if args.label_column is not None:  # saved with the model: predict finds it again
+        model.label_column = args.label_column
     verbose = args.verbose if args.verbose is not None else (1 if sys.stdout.isatty() else 2)
     n_fit = X_train.shape[0] - int(round(X_train.shape[0] * args.validation_split))
     callbacks = [_progress(verbose, args.epochs, len(batch_sizes(
@@ -595,16 +597,37 @@ def _interrupted(args, model) -> int:
 # ------------------------------------------------------------------------------------------
 
 def _model_data(args, model):
+    """The rows to predict or evaluate: the labels from --label-column, else from the
+    column the model was trained with (``model.label_column``) where the file has it."""
     args.dtype = model.dtype.name
+    recorded = getattr(model, "label_column", None)
+    if args.label_column is None and recorded is not None and args.data is not None:
+        args.label_column = recorded
+        try:
+            return _load_data(args, n_features=model.input_dim)
+        except ValueError as exc:  # e.g. a file of features only, without that column
+            args.label_column = None
+            try:
+                found = _load_data(args, n_features=model.input_dim)
+            except ValueError:
+                raise exc from None
+            if found[1] is not None:  # another column would be taken for the labels
+                raise exc from None
+            return found
     return _load_data(args, n_features=model.input_dim)
 
 
 def _write_atomic(path: str, text: str) -> None:
     import tempfile
 
+    from .serialization import new_file_mode
+
     directory = os.path.dirname(os.path.abspath(path))
+    mode = new_file_mode(path)
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=".fastnn-", suffix=".tmp")
     try:
+        if hasattr(os, "fchmod"):
+            os.fchmod(fd, mode)
         with os.fdopen(fd, "w", newline="") as fh:
             fh.write(text)
         os.replace(tmp, path)

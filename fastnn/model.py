@@ -85,6 +85,15 @@ def _all_finite(values: np.ndarray) -> bool:
                for i in range(0, flat.size, _FINITE_CHUNK))
 
 
+def _saved_label_column(value) -> int | str | None:
+    if value is None or (isinstance(value, str) and 0 < len(value) <= 1000):
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    raise ValueError(f"label_column must be None, a column index or a name of at most 1000 "
+                     f"characters; got {str(value)[:40]!r}")
+
+
 def _history_from_saved(saved: dict) -> History:
     """The History of a saved config, its types checked."""
     history = History()
@@ -164,6 +173,10 @@ class Sequential(Trainer):
         self.epochs_trained = 0
         self.train_seed: int | None = None
         self.classes_: np.ndarray | None = None
+        # The training file's label column (a name, or an index), recorded by `fastnn
+        # train --label-column` and saved, so that `fastnn predict` and `evaluate` find
+        # the labels in the same file again; None: the file format's default column.
+        self.label_column: int | str | None = None
         self.stop_training = False
         self.input_dim: int | None = None
         self.output_dim: int | None = None
@@ -492,6 +505,7 @@ class Sequential(Trainer):
             "epochs_trained": self.epochs_trained,
             "train_seed": self.train_seed,
             "targets_1d": bool(self._targets_1d),
+            "label_column": getattr(self, "label_column", None),
             "optimizer": None if opt is None else opt.get_config(),
             "history": None if history is None else {
                 "epoch": history.epoch, "history": history.history,
@@ -559,6 +573,7 @@ class Sequential(Trainer):
         model.train_seed = None if seed is None else _checks.integer("train_seed", seed,
                                                                      minimum=0)
         model._targets_1d = _checks.boolean("targets_1d", config.get("targets_1d", True))
+        model.label_column = _saved_label_column(config.get("label_column"))
         if config.get("optimizer") is not None:
             model.optimizer = optimizers_mod.from_config(config["optimizer"])
             if any(key.startswith("optimizer/") for key in keys):

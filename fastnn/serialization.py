@@ -72,6 +72,33 @@ _TEMP_NAME = re.compile(r"\..+\.[a-z0-9_]{8}" + re.escape(TEMP_SUFFIX))
 # ----------------------------------------------------------------------------------------
 
 
+def new_file_mode(path) -> int:
+    """The permission bits a file written at ``path`` should get: those of the file it
+    replaces, else what ``open`` would give (0o666 less the umask). ``mkstemp``'s
+    temporary files are 0o600, which a rename would otherwise keep."""
+    try:
+        return os.stat(path).st_mode & 0o7777
+    except OSError:
+        pass
+    return 0o666 & ~_umask()
+
+
+def _umask() -> int:
+    """The process's umask: from /proc on Linux (reading it there changes nothing, so
+    no other thread can create a file under a wrong mask meanwhile), else set and
+    restored, the only portable way."""
+    try:
+        with open("/proc/self/status", "rb") as fh:
+            for line in fh:
+                if line.startswith(b"Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o077)
+    os.umask(mask)
+    return mask
+
+
 def write(path, config: dict, arrays: dict) -> None:
     """Write ``config`` (JSON-serialisable) and ``arrays`` (name -> ndarray, no object
     dtype) to ``path`` atomically (see the module docstring); first remove the stale
@@ -82,8 +109,11 @@ def write(path, config: dict, arrays: dict) -> None:
     members = {_CONFIG_KEY: np.array(json.dumps(document)), **arrays}
     directory = path.parent if str(path.parent) else Path(".")
     remove_stale_temps(directory, path.name)
+    mode = new_file_mode(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=directory)
     try:
+        if hasattr(os, "fchmod"):
+            os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as fh:
             if fcntl is not None:
                 fcntl.flock(fh.fileno(), fcntl.LOCK_EX)  # held until renamed: not stale

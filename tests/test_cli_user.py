@@ -189,6 +189,59 @@ def test_label_column_by_name_and_index_and_the_continuous_warning(tmp_path, win
            "has no column named 'kind'")
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("column", ["diagnosis", "0"])
+def test_predict_and_evaluate_find_the_label_column_the_model_was_trained_with(
+        tmp_path, breast_cancer, column):
+    # the label first, under a name fastnn does not guess: without the recorded column,
+    # predict took the label for a feature and dropped the last one (37% right, exit 0)
+    X, y, names = breast_cancer
+    path = _write_csv(tmp_path / "bc.csv", ["diagnosis", *names],
+                      ([label, *row] for row, label in zip(X, y, strict=True)))
+    _ok(_fastnn("train", "--data", path, "--label-column", column, "--epochs", "10",
+                "--save", "bc.npz", "--verbose", "0", cwd=tmp_path))
+    model = fastnn.load(tmp_path / "bc.npz")
+    assert model.label_column == (int(column) if column.isdigit() else column)
+    expected = model.predict(X)
+    assert (expected == y).mean() > 0.9
+    printed = _ok(_fastnn("predict", "bc.npz", "--data", path, cwd=tmp_path))
+    assert [int(v) for v in printed.stdout.split()[1:]] == expected.tolist()
+    evaluate = _ok(_fastnn("evaluate", "bc.npz", "--data", path, cwd=tmp_path))
+    assert f"({int((expected == y).sum())}/569)" in evaluate.stdout
+    assert "labels column 'diagnosis' (1 of 31)" in evaluate.stdout
+    features_only = _bc_csv(tmp_path, breast_cancer, labels=False)
+    printed = _ok(_fastnn("predict", "bc.npz", "--data", features_only, cwd=tmp_path))
+    assert [int(v) for v in printed.stdout.split()[1:]] == expected.tolist()
+    # an explicit --label-column still wins
+    _error(_fastnn("predict", "bc.npz", "--data", path, "--label-column", "kind",
+                   cwd=tmp_path), "has no column named 'kind'")
+
+
+def test_saved_files_get_the_umasks_mode_or_keep_the_replaced_files(tmp_path):
+    model = fastnn.Sequential(fastnn.layers.mlp([4], 2), input_dim=3, seed=0)
+    model.build(3)
+    old = os.umask(0o022)
+    try:
+        model.save(tmp_path / "m.npz")
+        assert (tmp_path / "m.npz").stat().st_mode & 0o777 == 0o644
+        os.chmod(tmp_path / "m.npz", 0o640)
+        model.save(tmp_path / "m.npz")  # replacing a file keeps its mode
+        assert (tmp_path / "m.npz").stat().st_mode & 0o777 == 0o640
+        os.umask(0o077)
+        model.save(tmp_path / "private.npz")
+        assert (tmp_path / "private.npz").stat().st_mode & 0o777 == 0o600
+    finally:
+        os.umask(old)
+    X = tmp_path / "x.csv"
+    X.write_text("a,b,c\n1,2,3\n4,5,6\n")
+    env = {**ENV}
+    done = subprocess.run(["sh", "-c", f"umask 022 && exec {sys.executable} -m fastnn "
+                           f"predict m.npz --data x.csv --output p.csv"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300, env=env)
+    _ok(done)
+    assert (tmp_path / "p.csv").stat().st_mode & 0o777 == 0o644
+
+
 def test_loaders_choose_the_label_column(tmp_path):
     named = _write_csv(tmp_path / "named.csv", ["Class", "a", "b"], [[1, 0.5, 2], [0, 1.5, 3]])
     X, y, where = datasets.load_labeled(named)

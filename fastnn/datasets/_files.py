@@ -784,7 +784,8 @@ def load_labeled(path: str | os.PathLike, *, label_column: int | str | None = No
     if kind in ("csv", "tsv", "txt"):
         options = {**delimiters.get(kind, {}), **kwargs}
         X, y, where = _load_csv(path, label_column=label_column, **options)
-        if n_features is not None and label_column is None and X.shape[1] + 1 == n_features:
+        # one column too few once a label is taken out: the file is all features
+        if n_features is not None and X.shape[1] + 1 == n_features:
             X, y, where = _load_csv(path, label_column=NO_LABELS, **options)
         return X, y, where
     if kind == "npz":
