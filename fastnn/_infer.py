@@ -74,8 +74,10 @@ class InferencePlan:
             self.input = self.x
             np.copyto(self.x, rows, casting="same_kind")  # the chunk's one cast
         try:
-            if self.macs:
-                with _threads.limited(_threads.threads_for(self.macs)):
+            if self.macs:  # NumPy's matmul (BLAS) may run: it would warn of an overflow
+                # that the finite check below reports as an error
+                with _threads.limited(_threads.threads_for(self.macs)), \
+                        np.errstate(over="ignore", invalid="ignore"):
                     self.program.run(0)
             else:
                 self.program.run(0)

@@ -241,6 +241,7 @@ def test_a_large_batch_of_the_models_dtype_is_read_in_place(dtype):
     assert not np.array_equal(model.predict_proba(Y), read)
 
 
+@pytest.mark.filterwarnings("error")  # the error, not a RuntimeWarning from NumPy's matmul
 def test_a_bad_row_read_in_place_is_named():
     model, rng = _large_first_product(np.float32)
     X = rng.standard_normal((600, 40)).astype(np.float32)
