@@ -23,6 +23,14 @@
 #ifndef FASTNN_NATIVE
 #define FASTNN_NATIVE 0
 #endif
+/* C99's restrict under the name every compiler here knows (also C++ and MSVC) */
+#if defined(__GNUC__) || defined(__clang__)
+#define FASTNN_RESTRICT __restrict__
+#elif defined(_MSC_VER)
+#define FASTNN_RESTRICT __restrict
+#else
+#define FASTNN_RESTRICT
+#endif
 #ifdef _OPENMP
 #include <omp.h>
 static int fastnn_max_threads(void) { return omp_get_max_threads(); }
@@ -238,8 +246,8 @@ FASTNN_DEFINE_GEMM(double, fastnn_vd, fastnn_gemm_f64)
    buffers are in cache. */
 #define FASTNN_DEFINE_ADAM(T, SQRT, NAME)                                        \
 FASTNN_CLONES                                                                    \
-static void NAME(T *restrict p, const T *restrict grad, T *restrict m,           \
-                 T *restrict v, Py_ssize_t lo, Py_ssize_t hi, T b1, T b2,        \
+static void NAME(T *FASTNN_RESTRICT p, const T *FASTNN_RESTRICT grad, T *FASTNN_RESTRICT m,           \
+                 T *FASTNN_RESTRICT v, Py_ssize_t lo, Py_ssize_t hi, T b1, T b2,        \
                  T one_b1, T one_b2, T step, T inv_bc2_sqrt, T eps, T l2,        \
                  T shrink, int decay) {                                          \
     if (!decay) {                                                                \
@@ -267,15 +275,15 @@ static void NAME(T *restrict p, const T *restrict grad, T *restrict m,          
    (rows of x at stride ld): shifted sums for the statistics, the normalisation,
    and the backward's two sums and dx. Sums in double, in row order; in C for
    the x86-64-v3 clone (as Adam above): the double sums vectorise 4 wide (2 in
-   the SSE2 baseline). out may be x, and dx may be dout (no restrict there).
+   the SSE2 baseline). out may be x, and dx may be dout (no FASTNN_RESTRICT there).
    No FMA contraction: each result rounds exactly as the scalar loop's, on
    every CPU and in either clone (the planned and per-layer paths, which fuse
    the activation differently, agree as closely as before). */
 #define FASTNN_DEFINE_BN(T, SUFFIX)                                              \
 FASTNN_CLONES                                                                    \
 static void fastnn_bn_sums_##SUFFIX(const T *x, Py_ssize_t ld, Py_ssize_t n,     \
-                                    Py_ssize_t w, const double *restrict shift,  \
-                                    double *restrict s1, double *restrict s2) {  \
+                                    Py_ssize_t w, const double *FASTNN_RESTRICT shift,  \
+                                    double *FASTNN_RESTRICT s1, double *FASTNN_RESTRICT s2) {  \
     for (Py_ssize_t i = 0; i < n; i++) {                                         \
         const T *xr = x + i * ld;                                                \
         for (Py_ssize_t j = 0; j < w; j++) {                                     \
@@ -288,8 +296,8 @@ static void fastnn_bn_sums_##SUFFIX(const T *x, Py_ssize_t ld, Py_ssize_t n,    
 FASTNN_CLONES                                                                    \
 static void fastnn_bn_normalize_##SUFFIX(                                        \
         const T *x, Py_ssize_t ld, Py_ssize_t n, Py_ssize_t w,                   \
-        const T *restrict mu_hi, const T *restrict mu_lo, const T *restrict istd,\
-        const T *restrict gamma, const T *restrict beta, T *x_hat,               \
+        const T *FASTNN_RESTRICT mu_hi, const T *FASTNN_RESTRICT mu_lo, const T *FASTNN_RESTRICT istd,\
+        const T *FASTNN_RESTRICT gamma, const T *FASTNN_RESTRICT beta, T *x_hat,               \
         Py_ssize_t ldh, T *out, Py_ssize_t ldo) {                                \
     for (Py_ssize_t i = 0; i < n; i++) {                                         \
         const T *xr = x + i * ld;                                                \
@@ -304,8 +312,8 @@ static void fastnn_bn_normalize_##SUFFIX(                                       
 FASTNN_CLONES                                                                    \
 static void fastnn_bn_backward_sums_##SUFFIX(                                    \
         const T *dout, Py_ssize_t ld, const T *x_hat, Py_ssize_t ldh,            \
-        Py_ssize_t n, Py_ssize_t w, double *restrict sdy,                        \
-        double *restrict sdyx) {                                                 \
+        Py_ssize_t n, Py_ssize_t w, double *FASTNN_RESTRICT sdy,                        \
+        double *FASTNN_RESTRICT sdyx) {                                                 \
     for (Py_ssize_t i = 0; i < n; i++) {                                         \
         const T *dr = dout + i * ld, *hr = x_hat + i * ldh;                      \
         for (Py_ssize_t j = 0; j < w; j++) {                                     \
@@ -318,8 +326,8 @@ static void fastnn_bn_backward_sums_##SUFFIX(                                   
 FASTNN_CLONES                                                                    \
 static void fastnn_bn_backward_dx_##SUFFIX(                                      \
         const T *dout, Py_ssize_t ld, const T *x_hat, Py_ssize_t ldh,            \
-        Py_ssize_t n, Py_ssize_t w, const T *restrict k, const T *restrict mdy,  \
-        const T *restrict mdyx, T *dx, Py_ssize_t ldx) {                         \
+        Py_ssize_t n, Py_ssize_t w, const T *FASTNN_RESTRICT k, const T *FASTNN_RESTRICT mdy,  \
+        const T *FASTNN_RESTRICT mdyx, T *dx, Py_ssize_t ldx) {                         \
     for (Py_ssize_t i = 0; i < n; i++) {                                         \
         const T *dr = dout + i * ld, *hr = x_hat + i * ldh;                      \
         T *xr = dx + i * ldx;                                                    \
