@@ -335,10 +335,40 @@ static void fastnn_bn_backward_dx_##SUFFIX(                                     
             xr[j] = k[j] * (dr[j] - mdy[j] - hr[j] * mdyx[j]);                   \
     }                                                                            \
 }
+/* Eval-mode batch norm over a block of w features, (x - mu) * a + b, with
+   act 1 ReLU, 2 LeakyReLU (slope), else none, in one pass over each row. */
+#define FASTNN_DEFINE_BN_EVAL(T, SUFFIX)                                         \
+FASTNN_CLONES                                                                    \
+static void fastnn_bn_eval_##SUFFIX(                                             \
+        const T *x, Py_ssize_t ld, Py_ssize_t n, Py_ssize_t w,                   \
+        const T *FASTNN_RESTRICT mu, const T *FASTNN_RESTRICT a,                 \
+        const T *FASTNN_RESTRICT b, T *out, Py_ssize_t ldo, int act, T slope) {  \
+    for (Py_ssize_t i = 0; i < n; i++) {                                         \
+        const T *xr = x + i * ld;                                                \
+        T *orow = out + i * ldo;                                                 \
+        if (act == 1) {                                                          \
+            for (Py_ssize_t j = 0; j < w; j++) {                                 \
+                T v = (xr[j] - mu[j]) * a[j] + b[j];                             \
+                orow[j] = v < 0 ? (T)0 : v;                                      \
+            }                                                                    \
+        } else if (act == 2) {                                                   \
+            for (Py_ssize_t j = 0; j < w; j++) {                                 \
+                T v = (xr[j] - mu[j]) * a[j] + b[j];                             \
+                orow[j] = v < 0 ? v * slope : v;                                 \
+            }                                                                    \
+        } else {                                                                 \
+            for (Py_ssize_t j = 0; j < w; j++)                                   \
+                orow[j] = (xr[j] - mu[j]) * a[j] + b[j];                         \
+        }                                                                        \
+    }                                                                            \
+}
+
 #pragma GCC push_options
 #pragma GCC optimize("fp-contract=off")
 FASTNN_DEFINE_BN(float, f32)
 FASTNN_DEFINE_BN(double, f64)
+FASTNN_DEFINE_BN_EVAL(float, f32)
+FASTNN_DEFINE_BN_EVAL(double, f64)
 #pragma GCC pop_options
 
 FASTNN_DEFINE_ADAM(float, __builtin_sqrtf, fastnn_adam_f32)
