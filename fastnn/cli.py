@@ -73,6 +73,8 @@ def info_lines() -> list[str]:
         f"fastnn threads: {policy['threads']} (from {policy['source']}; set with "
         f"FASTNN_NUM_THREADS or fastnn.set_num_threads), for matrix products of "
         f">= {policy['parallel_min_macs']:,} multiply-adds; smaller ones run on 1",
+        f"  and on no core another process is running on: {policy['spare_cores']} of "
+        f"{policy['cores']} free now",
     ]
     lines += [f"  limits {b}" for b in policy["blas"]]
     return lines

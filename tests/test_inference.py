@@ -9,6 +9,7 @@ layer or the backend cannot plan.
 from __future__ import annotations
 
 import copy
+import os
 import pickle
 import threading
 
@@ -379,6 +380,54 @@ def test_set_num_threads_checks_its_argument():
             fastnn.set_num_threads(bad)
 
 
+@pytest.fixture
+def quiet_machine(monkeypatch):
+    """The thread policy sees no other process running (the tests of the setting must not
+    depend on what else the machine runs)."""
+    monkeypatch.setattr(_threads, "_others_running", lambda: 0)
+    monkeypatch.setattr(_threads, "_busy", (-1.0, 0))
+
+
+def test_a_busy_core_takes_the_second_thread_away(monkeypatch):
+    import subprocess
+    import sys
+    import time
+
+    if _threads._cores() != 2 or not os.path.exists("/proc/loadavg"):
+        pytest.skip("needs Linux and exactly two usable cores")
+    monkeypatch.setattr(_threads, "_busy", (-1.0, 0))
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        deadline = time.monotonic() + 10
+        while _threads._others_running() < 1:  # until the kernel counts it running
+            assert time.monotonic() < deadline, "the spinner never showed as running"
+            time.sleep(0.01)
+        monkeypatch.setattr(_threads, "_busy", (-1.0, 0))
+        with fastnn.threads(2):
+            assert _threads.spare_cores() == 1
+            assert _threads.threads_for(_threads.PARALLEL_MIN_MACS) == 1
+            assert _threads.threads_for(10) == 1
+    finally:
+        spinner.kill()
+        spinner.wait()
+
+
+def test_spare_cores_takes_the_cores_others_run_on_away_and_reuses_a_reading(monkeypatch):
+    monkeypatch.setattr(_threads, "_busy", (-1.0, 0))
+    monkeypatch.setattr(_threads, "_cores", lambda: 4)
+    for others, spare in ((0, 4), (1, 3), (3, 1), (9, 1)):
+        monkeypatch.setattr(_threads, "_others_running", lambda o=others: o)
+        monkeypatch.setattr(_threads, "_busy", (-1.0, 0))
+        assert _threads.spare_cores() == spare
+        with fastnn.threads(8):
+            assert _threads.threads_for(_threads.PARALLEL_MIN_MACS) == spare
+    # a reading is reused for _BUSY_TTL seconds, then taken again
+    monkeypatch.setattr(_threads, "_others_running", lambda: 2)
+    assert _threads.spare_cores() == 1  # still the last reading's
+    monkeypatch.setattr(_threads, "_busy", (-1.0, 0))
+    assert _threads.spare_cores() == 2
+
+
 def test_the_thread_count_comes_from_the_setting_then_the_environment(monkeypatch):
     monkeypatch.setattr(_threads, "_setting", None)
     monkeypatch.setenv("FASTNN_NUM_THREADS", "3")
@@ -411,7 +460,7 @@ def _enter_and_read():
         return sorted(set(_blas_threads()))
 
 
-def test_fit_runs_small_products_on_one_blas_thread_and_large_ones_on_the_setting():
+def test_fit_runs_small_products_on_one_blas_thread_and_large_ones_on_the_setting(quiet_machine):
     rng = np.random.default_rng(0)
     controller = ThreadpoolController()
     with controller.limit(limits=2, user_api="blas"), fastnn.threads(2):
@@ -456,7 +505,7 @@ def test_a_standardized_model_trains_planned_like_per_layer():
     np.testing.assert_allclose(results[0][1], results[1][1], rtol=1e-4, atol=1e-5)
 
 
-def test_fastnn_never_raises_the_programs_own_blas_limit():
+def test_fastnn_never_raises_the_programs_own_blas_limit(quiet_machine):
     rng = np.random.default_rng(0)
     with ThreadpoolController().limit(limits=1, user_api="blas"), fastnn.threads(2):
         big = Sequential(L.mlp([256], 10), seed=0)
@@ -466,7 +515,7 @@ def test_fastnn_never_raises_the_programs_own_blas_limit():
         assert record.seen == [[1]]
 
 
-def test_predict_follows_the_thread_setting_of_each_call(monkeypatch):
+def test_predict_follows_the_thread_setting_of_each_call(monkeypatch, quiet_machine):
     model, rng = _trained("relu-no-bn", np.float32, n_features=784)
     seen = []
     real = _threads.limited
