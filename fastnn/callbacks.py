@@ -262,7 +262,14 @@ class ProgressBar(Callback):
             self._tqdm = tqdm
 
     first_epoch = 0
-    _BAR_DELAY = 0.1  # seconds
+    # A tqdm bar is made only once an epoch has run this long (seconds): a quicker epoch
+    # gets its one finished line from tqdm's formatter, written once. Making, drawing and
+    # closing a bar costs ~100 us (tqdm measures each character's display width), which
+    # was ~10% of a small network's epoch.
+    _BAR_DELAY = 0.1
+    _in_epoch = False
+    _seen = 0  # batches of this epoch reported so far
+    _loss = float("nan")
 
     def on_train_begin(self, logs=None) -> None:
         self.first_epoch = self.model.epochs_trained
@@ -271,19 +278,34 @@ class ProgressBar(Callback):
         self._epoch_number = epoch - self.first_epoch + 1
         self._start = time.perf_counter()
         self._last_draw = 0.0
-        if self.verbose == 1 and self._tqdm is not None:
-            # delay: an epoch shorter than _BAR_DELAY is drawn once, when it ends (a tqdm
-            # draw costs ~50 us: three per epoch were ~15% of a small network's epoch)
-            self._bar = self._tqdm(total=self.steps, desc=f"Epoch {self._epoch_number}/"
-                                   f"{self.epochs}", unit="batch", leave=True,
-                                   file=self.stream, delay=self._BAR_DELAY)
+        self._in_epoch, self._seen, self._bar = True, 0, None
+
+    def _desc(self) -> str:
+        return f"Epoch {self._epoch_number}/{self.epochs}"
+
+    def _tqdm_line(self, n: int, postfix: str) -> str:
+        """The line tqdm draws for ``n`` of the epoch's batches done (its own formatter;
+        ASCII blocks unless the stream's encoding is UTF, as tqdm decides)."""
+        encoding = getattr(self.stream, "encoding", None) or ""
+        return self._tqdm.format_meter(
+            n, self.steps, time.perf_counter() - self._start, prefix=self._desc(),
+            unit="batch", postfix=postfix or None,
+            ascii="utf" not in encoding.lower().replace("-", ""))
 
     def on_batch_end(self, batch, logs=None) -> None:
         if self.verbose != 1:
             return
         loss = (logs or {}).get("loss", float("nan"))
-        if self._bar is not None:
-            self._bar.update(batch + 1 - self._bar.n)  # fit may skip batches (throttled)
+        if self._tqdm is not None:
+            self._seen, self._loss = batch + 1, loss
+            if self._bar is None:
+                if (batch + 1 == self.steps
+                        or time.perf_counter() - self._start < self._BAR_DELAY):
+                    return  # on_epoch_end writes its line
+                self._bar = self._tqdm(total=self.steps, desc=self._desc(), unit="batch",
+                                       leave=True, file=self.stream, initial=batch + 1)
+            else:
+                self._bar.update(batch + 1 - self._bar.n)  # fit may skip batches (throttled)
             if batch % 10 == 0 or batch + 1 == self.steps:
                 self._bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
             return
@@ -302,25 +324,30 @@ class ProgressBar(Callback):
 
     def on_train_end(self, logs=None) -> None:
         if self._bar is not None:  # training stopped within an epoch (Ctrl-C)
-            self._bar.delay = 0  # show where it stopped
             self._bar.close()
             self._bar = None
+        elif self._in_epoch and self._tqdm is not None and self.verbose == 1:
+            self.stream.write(self._tqdm_line(self._seen, f"loss={self._loss:.4f}") + "\n")
+            self.stream.flush()
         elif self._drawn:
             self.stream.write("\n")
             self.stream.flush()
             self._drawn = False
+        self._in_epoch = False
 
     def on_epoch_end(self, epoch, logs=None) -> None:
+        self._in_epoch = False
         elapsed = time.perf_counter() - self._start
         metrics = " - ".join(f"{k}: {v:.4g}" if k == "lr" else f"{k}: {v:.4f}"
                              for k, v in (logs or {}).items())
         if self._bar is not None:
             self._bar.set_postfix_str(metrics, refresh=False)
-            self._bar.delay = 0  # close() draws the final line even if nothing was drawn
             self._bar.close()
             self._bar = None
             return
-        if self.verbose == 1:
+        if self.verbose == 1 and self._tqdm is not None:
+            self.stream.write(self._tqdm_line(self.steps, metrics) + "\n")
+        elif self.verbose == 1:
             self._drawn = False
             self.stream.write(f" - {elapsed:.2f}s - {metrics}\n")
         elif self.verbose == 2:

@@ -366,6 +366,24 @@ def test_verbose_1_tqdm_bar_one_finished_line_per_epoch(capsys, slow):
         assert len(draws) >= 2 if slow else len(draws) == 1, draws
 
 
+class _StopAt(fastnn.callbacks.Callback):
+    def on_batch_end(self, batch, logs=None):
+        if batch == 2:
+            raise KeyboardInterrupt
+
+
+def test_verbose_1_tqdm_line_of_an_interrupted_epoch_says_where_it_stopped(capsys):
+    pytest.importorskip("tqdm", reason="the progress extra (tqdm) is not installed")
+    X, y = _data()
+    with pytest.raises(KeyboardInterrupt):
+        _model().fit(X, y, epochs=2, batch_size=16, verbose=1, callbacks=[_StopAt()])
+    out = capsys.readouterr()
+    lines = (out.out + out.err).split("\n")
+    assert lines[-1] == "" and len(lines) == 2, lines
+    # the bar had seen batches 0 and 1 (the callback raised in batch 2, before it)
+    assert re.match(r"Epoch 1/2:  33%\|.*\| 2/6 \[.*loss=\d+\.\d{4}\]$", lines[0]), lines[0]
+
+
 # ----------------------------------------------------------------------------------------
 # History
 # ----------------------------------------------------------------------------------------
