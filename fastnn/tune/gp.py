@@ -261,7 +261,11 @@ def _log_ei_and_grad(mean, std, dmean, dstd, best: float, xi: float):
 
 # ---------------------------------------------------------------------------- output warping
 
-_LAMBDAS = np.linspace(-1.0, 3.0, 41)
+# λ >= 1 only: a convex warp, which compresses a tail of bad values (Branin's rim, a
+# diverging learning rate) but never a tail of good ones. On Hartmann-6, whose few good
+# values form the long tail, the concave warps (λ < 1) flattened the peak the search
+# climbs (median regret at 30 trials, seeds 0-9: 0.25 -> 0.16).
+_LAMBDAS = np.linspace(1.0, 3.0, 21)
 
 
 def yeo_johnson(x, lam: float) -> np.ndarray:
@@ -282,12 +286,14 @@ def yeo_johnson(x, lam: float) -> np.ndarray:
 
 def power_warp(y) -> np.ndarray:
     """``y`` standardised, then Yeo-Johnson transformed with the λ (on a grid of
-    [-1, 3]) that makes the values most normal (the profile likelihood
+    [1, 3]: convex warps only) that makes the values most normal (the profile likelihood
     ``-n/2 log var(t) + (λ - 1) Σ sign(x) log(1 + |x|)``), then standardised again.
 
     Increasing in ``y``, so the best trial stays the best. Objectives often have a
     long tail of bad values (a diverging learning rate, Branin's rim): without the
-    warp they set the GP's scale and the region of good values looks flat.
+    warp they set the GP's scale and the region of good values looks flat. A long
+    tail of *good* values is left as it is (λ = 1, the identity): it is the region
+    the search must resolve.
     """
     y = np.asarray(y, dtype=np.float64)
     sd = float(y.std())
