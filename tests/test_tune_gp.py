@@ -208,9 +208,11 @@ def test_log_prior_is_the_normal_of_the_documented_parameters():
 def test_length_scale_follows_a_rescaling_of_the_inputs():
     X, y = sine_data(15, freq=8.0)
     a = GaussianProcess(seed=0).fit(X, y)
-    b = GaussianProcess(seed=0).fit(3 * X, y)
     assert 0.05 < a.length_scale_[0] < 1.0
-    assert b.length_scale_[0] / a.length_scale_[0] == pytest.approx(3.0, rel=0.05)
+    # the likelihood alone is equivariant (the prior pulls both fits to the same median)
+    ml_a = GaussianProcess(seed=0, prior=False).fit(X, y)
+    ml_b = GaussianProcess(seed=0, prior=False).fit(3 * X, y)
+    assert ml_b.length_scale_[0] / ml_a.length_scale_[0] == pytest.approx(3.0, rel=0.05)
     # a slower function has a longer length scale
     slow = GaussianProcess(seed=0).fit(X, np.sin(2.0 * X[:, 0]))
     assert slow.length_scale_[0] > 2 * a.length_scale_[0]
@@ -377,7 +379,7 @@ def test_log_ei_gradient_matches_finite_differences():
 
     U = rng.random((6, 3))
     _, grad = _log_ei_and_grad(*gp.predict(U, return_grad=True), best, 0.0)
-    h = 1e-6
+    h = 1e-5  # log EI reaches -1e3 here: at h = 1e-6 its rounding sways the difference by 1e-5
     for j in range(3):
         e = np.zeros(3)
         e[j] = h
