@@ -7,6 +7,7 @@ with the math module, numpy.linalg.solve/slogdet), never from the module itself.
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -385,6 +386,26 @@ def test_log_ei_gradient_matches_finite_differences():
         e[j] = h
         numeric = (f(U + e) - f(U - e)) / (2 * h)
         np.testing.assert_allclose(grad[:, j], numeric, rtol=1e-5, atol=1e-6)
+
+
+def test_log_ei_where_the_posterior_has_no_spread():
+    # at a trial the GP interpolates, σ rounds to 0 while the gain is one rounding error:
+    # log EI is log max(gain, 0), with the gradient of log(gain), and nothing overflows
+    from fastnn.tune.gp import _log_ei_and_grad
+    gain = (1.0 + 1e-15) - 1.0
+    mean = np.array([1.0 + gain, 1.0, 0.5, 1.2])
+    std = np.array([0.0, 0.0, 1e-300, 0.1])
+    dmean = np.array([[2.0], [1.0], [1.0], [0.5]])
+    dstd = np.array([[0.0], [0.0], [0.0], [0.3]])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        value, grad = _log_ei_and_grad(mean, std, dmean, dstd, 1.0, 0.0)
+        plain = log_expected_improvement(mean, std, 1.0)
+    np.testing.assert_array_equal(value[:3], [math.log(gain), -np.inf, -np.inf])
+    np.testing.assert_allclose(grad[0], [2.0 / gain])
+    np.testing.assert_array_equal(grad[1:3], [[0.0], [0.0]])
+    np.testing.assert_allclose(value, plain, rtol=1e-12)
+    assert np.all(np.isfinite(grad[3]))
 
 
 def test_posterior_gradients_match_finite_differences():

@@ -153,6 +153,10 @@ def _cholesky(K: np.ndarray) -> np.ndarray:
 _erfc = np.frompyfunc(math.erfc, 1, 1)
 _SQRT_HALF_PI = math.sqrt(0.5 * math.pi)
 _TAIL = 20.0  # beyond z = -20, exp(z²/2) erfc(..) is replaced by its asymptotic series
+# A posterior standard deviation below this is taken as 0 by log EI (EI = max(gain, 0)):
+# at a trial the GP interpolates (noise 1e-10) σ can round to 0, and a gain of one
+# rounding error over it made z overflow.
+_STD_TINY = 1e-100
 
 
 def _norm_cdf(z: np.ndarray) -> np.ndarray:
@@ -230,7 +234,8 @@ def log_expected_improvement(mean, std, best: float, xi: float = 0.0) -> np.ndar
     """The natural log of :func:`expected_improvement`, finite where EI underflows.
 
     ``log EI = log σ + log h(z)``, ``h(z) = z Φ(z) + φ(z)``, ``z = (μ - best - ξ) / σ``;
-    where ``σ = 0`` it is ``log max(μ - best - ξ, 0)`` (-inf if there is no gain).
+    where ``σ = 0`` (below 1e-100) it is ``log max(μ - best - ξ, 0)`` (-inf if there is
+    no gain).
     Far below the incumbent (z = -40, EI ≈ 1e-350) plain EI is 0 and useless to an
     optimiser, while log EI still ranks the points and has a gradient.
 
@@ -246,7 +251,7 @@ def log_expected_improvement(mean, std, best: float, xi: float = 0.0) -> np.ndar
     mean = np.asarray(mean, dtype=np.float64)
     std = np.asarray(std, dtype=np.float64)
     gain = mean - float(best) - float(xi)
-    pos = std > 0
+    pos = std >= _STD_TINY
     safe = np.where(pos, std, 1.0)
     log_h, _ = _log_h(gain / safe)
     with np.errstate(divide="ignore"):
@@ -254,13 +259,23 @@ def log_expected_improvement(mean, std, best: float, xi: float = 0.0) -> np.ndar
 
 
 def _log_ei_and_grad(mean, std, dmean, dstd, best: float, xi: float):
-    """log EI at points with std > 0 and its gradient from the posterior's gradients."""
-    std = np.maximum(std, 1e-300)
-    z = (mean - best - xi) / std
+    """log EI and its gradient from the posterior's gradients; where σ is none to speak
+    of (below ``_STD_TINY``, as at a trial the GP interpolates) ``log max(gain, 0)``."""
+    gain = mean - best - xi
+    flat = std < _STD_TINY
+    safe = np.where(flat, 1.0, std)
+    z = gain / safe
     log_h, dlog = _log_h(z)
     # d log EI = dσ/σ + (d log h/dz)(dμ - z dσ)/σ
-    grad = (dstd + dlog[:, None] * (dmean - z[:, None] * dstd)) / std[:, None]
-    return np.log(std) + log_h, grad
+    grad = (dstd + dlog[:, None] * (dmean - z[:, None] * dstd)) / safe[:, None]
+    value = np.log(safe) + log_h
+    if flat.any():
+        up = flat & (gain > 0)
+        with np.errstate(divide="ignore"):
+            value = np.where(flat, np.log(np.maximum(gain, 0.0)), value)
+        grad = np.where(up[:, None], dmean / np.where(up, gain, 1.0)[:, None],
+                        np.where(flat[:, None], 0.0, grad))
+    return value, grad
 
 
 # ---------------------------------------------------------------------------- output warping
