@@ -206,6 +206,22 @@ def test_log_prior_is_the_normal_of_the_documented_parameters():
     assert GaussianProcess(prior=False).fit(X, X[:, 0]).log_prior() == 0.0
 
 
+def test_a_categorical_dimension_has_its_own_length_scale_prior():
+    rng = np.random.default_rng(1)
+    X = np.column_stack([rng.random(6), (rng.integers(3, size=6) + 0.5) / 3])
+    gp = GaussianProcess(seed=0, categorical=[False, True]).fit(X, X[:, 0])
+    (m_ell, s_ell), (m_cat, s_cat) = PRIOR["length_scale"], PRIOR["category_length_scale"]
+    m_ell, m_cat = m_ell + 0.5 * math.log(2), m_cat + 0.5 * math.log(2)
+    both = GaussianProcess(seed=0).fit(X, X[:, 0])
+    ell = [0.3, 0.8]
+    rest = gp.log_prior(ell, 1.0, 1e-3) + 0.5 * (((math.log(0.3) - m_ell) / s_ell) ** 2
+                                                 + ((math.log(0.8) - m_cat) / s_cat) ** 2)
+    assert rest == pytest.approx(both.log_prior(ell, 1.0, 1e-3) + 0.5 * (
+        ((math.log(0.3) - m_ell) / s_ell) ** 2 + ((math.log(0.8) - m_ell) / s_ell) ** 2),
+        rel=1e-12)
+    assert m_cat > m_ell  # options share more than the points of an ordered coordinate
+
+
 def test_length_scale_follows_a_rescaling_of_the_inputs():
     X, y = sine_data(15, freq=8.0)
     a = GaussianProcess(seed=0).fit(X, y)
