@@ -92,6 +92,13 @@ def test_table_has_every_sampler_and_checkpoint():
     assert 1 <= entry["to_target"] <= 61
 
 
+def test_first_seed_runs_the_seeds_that_follow_it():
+    make, space, minimum, _ = tq.problems(["branin"])["branin"]
+    results = tq.benchmark(["branin"], ["random"], seeds=1, first_seed=3)
+    values, _ = tq.run("random", space, make(3), 60, 3)
+    assert results["branin"]["random"][0]["regret"] == tq.summarise(values, minimum, 0.0)["regret"]
+
+
 def test_bayes_proposal_time(benchmark):
     f, space, minimum = _checked("hartmann6")
     values, _ = benchmark.pedantic(tq.run, args=("bayes", space, f, 30, 0), rounds=1,

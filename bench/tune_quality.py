@@ -2,7 +2,8 @@
 
 Usage::
 
-    python bench/tune_quality.py [--seeds 10] [--problems branin,hartmann6,mixed,digits]
+    python bench/tune_quality.py [--seeds 10] [--first-seed 0]
+                                 [--problems branin,hartmann6,mixed,digits]
                                  [--samplers bayes,bayes-b2,tpe,gp,random] [--markdown]
 
 Problems (each a minimisation with a known minimum, except the digits):
@@ -23,7 +24,8 @@ Samplers: ``bayes`` (fastnn, ``batch_size=1``: one proposal at a time), ``bayes-
 (fastnn, ``batch_size=2``: the batches two workers run), ``tpe`` (Optuna
 ``TPESampler(multivariate=True)``), ``gp`` (Optuna ``GPSampler``), ``random`` (fastnn).
 Optuna is an optional, bench-only dependency: without it only the fastnn samplers run.
-Every run is sequential and deterministic for its seed (0..seeds-1); a run of fastnn
+Every run is sequential and deterministic for its seed (first_seed .. first_seed +
+seeds - 1; ``--first-seed`` checks a finding on seeds it was not tuned on); a run of fastnn
 with ``batch_size=2`` proposes what a 2-worker study proposes.
 
 Printed: per problem and sampler, the median [IQR] simple regret (best value so far minus
@@ -208,12 +210,12 @@ def summarise(values: list, minimum: float, target: float) -> dict:
     return {"regret": regret, "to_target": int(hit[0]) + 1 if len(hit) else len(best) + 1}
 
 
-def benchmark(problem_names, sampler_names, seeds: int, log=None) -> dict:
+def benchmark(problem_names, sampler_names, seeds: int, log=None, first_seed: int = 0) -> dict:
     """{problem: {sampler: [per-seed summary]}} (``log``: a progress printer)."""
     results = {}
     for pname, (make, space, minimum, budget) in problems(problem_names).items():
         results[pname] = {s: [] for s in sampler_names}
-        for seed in range(seeds):
+        for seed in range(first_seed, first_seed + seeds):
             f = make(seed)
             reference, _ = run("random", space, f, 60, 10_000 + seed)
             target = min(reference)
@@ -261,6 +263,7 @@ def table(results: dict, markdown: bool) -> str:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seeds", type=int, default=10)
+    parser.add_argument("--first-seed", type=int, default=0)
     parser.add_argument("--problems", default="branin,hartmann6,mixed,digits")
     parser.add_argument("--samplers", default=",".join(SAMPLERS))
     parser.add_argument("--markdown", action="store_true")
@@ -275,7 +278,7 @@ def main(argv=None) -> int:
             print("optuna is not installed: running the fastnn samplers only", file=sys.stderr)
             samplers = [s for s in samplers if s not in ("tpe", "gp")]
     log = None if args.quiet else (lambda m: print(m, file=sys.stderr, flush=True))
-    results = benchmark(args.problems.split(","), samplers, args.seeds, log)
+    results = benchmark(args.problems.split(","), samplers, args.seeds, log, args.first_seed)
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(results, fh)
