@@ -1194,21 +1194,34 @@ class _TraceWindow(Callback):
     successors at ``last``; readings go to a preallocated array (storing them allocates
     nothing that outlives the reading)."""
 
+    # Growth counts only memory allocated with fastnn's code on the stack, not by this
+    # callback (its readings): another thread of the test process (one an earlier test
+    # left running) may allocate meanwhile.
+    _FASTNN = [tracemalloc.Filter(True, "*/fastnn/*", all_frames=True),
+               tracemalloc.Filter(False, __file__, all_frames=True),
+               tracemalloc.Filter(False, tracemalloc.__file__, all_frames=True)]
+
     def __init__(self, start, base, last):
         self.start, self.base, self.last = start, base, last
         self.memory = np.zeros(3, np.int64)  # base, growth, peak above base
         self.done = False
 
+    def _fastnn_bytes(self) -> int:
+        snapshot = tracemalloc.take_snapshot().filter_traces(self._FASTNN)
+        return sum(stat.size for stat in snapshot.statistics("filename"))
+
     def on_batch_end(self, batch, logs=None):
         if batch == self.start:
-            tracemalloc.start()
+            tracemalloc.start(64)
         elif batch == self.base:
-            self.memory[0] = tracemalloc.get_traced_memory()[0]
+            self.memory[0] = self._fastnn_bytes()
             tracemalloc.reset_peak()
+            self._base_total = tracemalloc.get_traced_memory()[0]
         elif batch == self.last and tracemalloc.is_tracing():
-            current, peak = tracemalloc.get_traced_memory()
+            peak = tracemalloc.get_traced_memory()[1]
+            current = self._fastnn_bytes()
             tracemalloc.stop()
-            self.memory[1:] = current - self.memory[0], peak - self.memory[0]
+            self.memory[1:] = current - self.memory[0], peak - self._base_total
             self.done = True
 
 
