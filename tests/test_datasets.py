@@ -48,7 +48,7 @@ def _named(path) -> str:
 
 def test_public_names():
     assert sorted(datasets.__all__) == [
-        "DIGITS_CITATION", "label_warning", "load", "load_csv", "load_digits", "load_idx",
+        "DIGITS_CITATION", "k_fold", "label_warning", "load", "load_csv", "load_digits", "load_idx",
         "load_labeled", "load_npz", "make_blobs", "make_spirals", "train_test_split",
     ]
     for name in datasets.__all__:
@@ -216,6 +216,56 @@ def test_split_deterministic_for_a_seed_and_differs_across_seeds():
     assert not np.array_equal(first[1], other[1])
     unstratified = train_test_split(X, y, seed=42, stratify=False)
     assert np.array_equal(unstratified[1], train_test_split(X, y, seed=42, stratify=False)[1])
+
+
+@pytest.mark.parametrize("n_splits", [2, 3, 5, 10])
+def test_k_fold_validates_every_row_once_with_classes_spread_evenly(n_splits):
+    y = np.repeat(np.arange(4), [7, 13, 30, 1])  # unequal classes, one of a single row
+    folds = datasets.k_fold(y, n_splits, seed=3)
+    assert len(folds) == n_splits
+    val = np.concatenate([v for _, v in folds])
+    assert np.array_equal(np.sort(val), np.arange(y.size))  # a partition of the rows
+    sizes = [v.size for _, v in folds]
+    assert max(sizes) - min(sizes) <= 1
+    for train, v in folds:
+        assert np.array_equal(np.sort(np.concatenate([train, v])), np.arange(y.size))
+        assert np.all(np.diff(train) > 0) and np.all(np.diff(v) > 0)  # sorted, disjoint
+        assert train.dtype == v.dtype == np.int64
+    for c, n_c in enumerate(np.bincount(y)):
+        per_fold = [int(np.sum(y[v] == c)) for _, v in folds]
+        assert max(per_fold) - min(per_fold) <= 1 and sum(per_fold) == n_c
+
+
+def test_k_fold_is_seeded_and_shuffles():
+    y = np.arange(200) % 3
+    first = datasets.k_fold(y, 4, seed=1)
+    same = datasets.k_fold(y, 4, seed=1)
+    assert all(np.array_equal(a, b) for f, g in zip(first, same, strict=True)
+               for a, b in zip(f, g, strict=True))
+    other = datasets.k_fold(y, 4, seed=2)
+    assert not all(np.array_equal(f[1], g[1]) for f, g in zip(first, other, strict=True))
+    # shuffled, not contiguous blocks: the first fold's rows are spread over the data
+    assert first[0][1].max() - first[0][1].min() > 150
+
+
+def test_k_fold_with_string_labels_and_without_stratification():
+    y = np.array(["cat"] * 9 + ["dog"] * 3)
+    for _, v in datasets.k_fold(y, 3, seed=0):
+        assert sorted(y[v].tolist()) == ["cat"] * 3 + ["dog"]
+    plain = datasets.k_fold(np.zeros(10), 3, seed=0, stratify=False)
+    assert sorted(v.size for _, v in plain) == [3, 3, 4]
+
+
+@pytest.mark.parametrize("args, error, match", [
+    ((np.arange(10), 1), ValueError, r"n_splits must be an integer >= 2; got 1"),
+    ((np.arange(10), 2.5), TypeError, r"n_splits must be an integer"),
+    ((np.arange(5), 6), ValueError, r"n_splits must be at most the number of samples \(5\)"),
+    ((np.zeros((4, 2)), 2), ValueError,
+     r"y must be a 1-D array of labels; got shape \(4, 2\)"),
+])
+def test_k_fold_bad_arguments(args, error, match):
+    with pytest.raises(error, match=match):
+        datasets.k_fold(*args)
 
 
 def test_split_float_rounding_is_documented_round():

@@ -3,7 +3,8 @@
 * :func:`load_digits`: the UCI optical handwritten digits (1797 8×8 images,
   pixels 0..16), shipped inside the package; cite :data:`DIGITS_CITATION`
   (CC BY 4.0).
-* :func:`train_test_split`: a seeded, by default stratified, held-out split.
+* :func:`train_test_split`: a seeded, by default stratified, held-out split;
+  :func:`k_fold`: seeded (stratified) k-fold cross-validation indices.
 * :func:`make_spirals`, :func:`make_blobs`: synthetic classification data.
 * :func:`load_npz`, :func:`load_csv`, :func:`load_idx` and :func:`load` (which
   picks one by the file's suffix): ``(X, y)`` from files, validated, with
@@ -28,11 +29,12 @@ from __future__ import annotations
 
 from ._digits import DIGITS_CITATION, load_digits
 from ._files import label_warning, load, load_csv, load_idx, load_labeled, load_npz
-from ._split import train_test_split
+from ._split import k_fold, train_test_split
 from ._synthetic import make_blobs, make_spirals
 
 __all__ = [
     "DIGITS_CITATION",
+    "k_fold",
     "label_warning",
     "load",
     "load_csv",

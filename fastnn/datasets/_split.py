@@ -9,7 +9,7 @@ from numpy.typing import ArrayLike
 
 from .. import _checks
 
-__all__ = ["train_test_split"]
+__all__ = ["k_fold", "train_test_split"]
 
 
 def _test_count(test_size: object, n: int) -> int:
@@ -137,3 +137,59 @@ def train_test_split(X: ArrayLike, y: ArrayLike, *, test_size: float | int = 0.2
         order = generator.permutation(n)
         test_idx, train_idx = order[:n_test], order[n_test:]
     return X[train_idx], X[test_idx], y[train_idx], y[test_idx]
+
+
+def k_fold(y: ArrayLike, n_splits: int = 5, *, seed: int | np.random.Generator | None = 0,
+           stratify: bool = True) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Reproducible k-fold cross-validation indices: every row is validated on exactly once.
+
+    Parameters
+    ----------
+    y : array_like of shape (n,)
+        The labels (for stratification; only their count matters with ``stratify=False``).
+    n_splits : int
+        The number of folds, at least 2 and at most ``n``.
+    seed : int, None or numpy.random.Generator
+        Seeds the shuffle (:func:`numpy.random.default_rng`); the same seed and labels give
+        the same folds everywhere.
+    stratify : bool
+        If True (the default), each class's rows are shuffled and dealt round the folds in
+        turn, so every fold holds each class to within one row, and the folds' sizes differ by
+        at most one. If False, the shuffled rows are dealt round the folds.
+
+    Returns
+    -------
+    list of (train_index, val_index)
+        ``n_splits`` pairs of sorted int64 index arrays; the validation parts partition
+        ``range(n)``.
+
+    >>> import numpy as np
+    >>> y = np.array([0] * 6 + [1] * 4)
+    >>> folds = k_fold(y, 2, seed=0)
+    >>> [np.bincount(y[val]).tolist() for _, val in folds]
+    [[3, 2], [3, 2]]
+    >>> sorted(np.concatenate([val for _, val in folds]).tolist()) == list(range(10))
+    True
+    """
+    y = np.asarray(y)
+    if y.ndim != 1:
+        raise ValueError(f"y must be a 1-D array of labels; got shape {y.shape}")
+    n = y.shape[0]
+    n_splits = _checks.integer("n_splits", n_splits, minimum=2)
+    if n_splits > n:
+        raise ValueError(f"n_splits must be at most the number of samples ({n}); got "
+                         f"{n_splits}")
+    generator = _checks.rng("seed", seed)
+    if _checks.boolean("stratify", stratify):
+        _, classes = np.unique(y, return_inverse=True)
+        classes = classes.reshape(-1)
+        by_class = np.argsort(classes, kind="stable")
+        starts = np.concatenate([[0], np.cumsum(np.bincount(classes))])
+        order = np.concatenate([generator.permutation(by_class[a:b])
+                                for a, b in zip(starts[:-1], starts[1:], strict=True)])
+    else:
+        order = generator.permutation(n)
+    fold_of = np.empty(n, dtype=np.int64)
+    fold_of[order] = np.arange(n) % n_splits
+    return [(np.flatnonzero(fold_of != k), np.flatnonzero(fold_of == k))
+            for k in range(n_splits)]
