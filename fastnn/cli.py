@@ -127,6 +127,14 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _folds(text: str) -> int:
+    value = _positive_int(text)
+    if value < 2:
+        raise argparse.ArgumentTypeError(f"expected a number of folds of at least 2; got "
+                                         f"{value}")
+    return value
+
+
 def _decay_names() -> tuple[str, ...]:
     from .schedules import DECAYS
 
@@ -314,7 +322,8 @@ def _trial_values(params: dict, settings: dict) -> dict:
     make_optimizer: a constant rate unless a decay is given)."""
     from ._names import first, hyperparameter_of
 
-    known = {"optimizer", "activation", "dropout", "batch_norm", "weight_decay", "epochs"}
+    known = {"optimizer", "activation", "dropout", "label_smoothing", "batch_norm",
+             "weight_decay", "epochs"}
     unknown = sorted(k for k in params if k not in known and hyperparameter_of(k) is None)
     if unknown:
         raise ValueError(f"the trial's params {unknown} have no fastnn train flag; train it "
@@ -334,7 +343,7 @@ def _trial_values(params: dict, settings: dict) -> dict:
     else:
         values.update(decay="inverse_time" if decay > 0 else "none",
                       decay_rate=float(decay) if decay > 0 else 0.1)
-    for dest in ("activation", "dropout", "weight_decay"):
+    for dest in ("activation", "dropout", "label_smoothing", "weight_decay"):
         if dest in params:
             values[dest] = params[dest]
     if "batch_norm" in params:
@@ -774,21 +783,37 @@ def _cmd_tune_search(args: argparse.Namespace) -> int:
     workers = f"{args.jobs} worker(s)" + (f" on dask {args.dask}" if args.dask else "")
     X, y, source, where = _load_data(args)
     X_rest, X_test, y_rest, y_test = _split(args, X, y)
-    n_val = X_rest.shape[0] - int(np.floor(X_rest.shape[0] * (1 - args.validation_split)))
+    n_rest = X_rest.shape[0]
+    if args.checkpoint_dir is not None and args.cv is not None:
+        raise ValueError("--checkpoint-dir keeps one model per trial, and --cv trains one per "
+                         "fold; give --checkpoint-dir with --validation-split F")
+    cv = None if args.validation_split is not None or args.checkpoint_dir else args.cv or 5
+    if cv is not None and cv > n_rest:
+        raise ValueError(f"--cv {cv}: more folds than the {n_rest} training rows")
     n_classes = int(np.unique(y_rest).size)
     print(f"tuning an MLP on {source.split(' (')[0]}: {X.shape[0]} samples, {X.shape[1]} "
           f"features, {n_classes} classes (labels: {where}); {args.epochs} epochs per trial, "
           f"{workers}", flush=True)
-    print(f"rows: {_split_text(args, X_test.shape[0])}, never seen by tuning; each trial "
-          f"trains on about {X_rest.shape[0] - n_val} and is scored on about {n_val} "
-          f"validation rows (--validation-split {args.validation_split}), both carved from "
-          f"the {X_rest.shape[0]} training rows", flush=True)
-    space = tune.digits_space() if space is None else space
+    rows = f"rows: {_split_text(args, X_test.shape[0])}, never seen by tuning; "
+    if cv is None:
+        split = 0.2 if args.validation_split is None else args.validation_split
+        n_val = n_rest - int(np.floor(n_rest * (1 - split)))
+        rows += (f"each trial trains on about {n_rest - n_val} and is scored on about {n_val} "
+                 f"validation rows (--validation-split {split}), both carved from the "
+                 f"{n_rest} training rows")
+    else:
+        split = None
+        rows += (f"each trial is {cv}-fold cross-validated on the {n_rest} training rows "
+                 f"(--cv {cv}): {cv} models, each trained on about {n_rest - n_rest // cv} "
+                 f"and scored on the other {n_rest // cv}; its value is their mean")
+    print(rows, flush=True)
+    space = tune.mlp_space() if space is None else space
 
     def run(**kw):
+        how = dict(cv=cv) if cv is not None else dict(validation_split=split)
         return tune.tune_model(tune.MLPBuilder(n_classes), X_rest, y_rest, space,
-                               standardize=True, validation_split=args.validation_split,
-                               split_seed=args.split_seed, **common, **kw)
+                               standardize=True, split_seed=args.split_seed, **how,
+                               **common, **kw)
     start = time.perf_counter()
     try:
         with _dask_executor(args.dask, args.jobs) as executor:
@@ -858,13 +883,20 @@ def _add_tune_parser(sub) -> None:
                           "--data); `tune report STORAGE` shows a stored study",
                           formatter_class=_Help, description="Search an MLP's "
                           "hyperparameters. The test rows (--test-size, --split-seed: the ones "
-                          "fastnn train tests on) are held out first and never seen; trials "
-                          "train and are scored on a validation split of the other rows.")
+                          "fastnn train tests on) are held out first and never seen; each "
+                          "trial is scored by 5-fold cross-validation on the other rows "
+                          "(--cv), or on one validation split of them (--validation-split).")
     tune.add_argument("--data", help=_DATA_HELP + " (default: the bundled digits)")
     tune.add_argument("--label-column", type=_label_column, help=_LABEL_HELP)
     _add_split_flags(tune)
-    tune.add_argument("--validation-split", type=_positive_fraction, default=0.2,
-                      help="fraction of the training rows each trial is scored on")
+    scoring = tune.add_mutually_exclusive_group()
+    scoring.add_argument("--cv", type=_folds, default=None, metavar="K",
+                         help="score each trial by K-fold cross-validation of the training "
+                              "rows: K models, each validated on another 1/K of the rows "
+                              "(default 5, unless --validation-split or --checkpoint-dir)")
+    scoring.add_argument("--validation-split", type=_positive_fraction, default=None,
+                         metavar="F", help="score each trial on one split: this fraction of "
+                         "the training rows (0.2 with --checkpoint-dir)")
     tune.add_argument("--strategy", choices=TUNE_STRATEGIES, default=None,
                       help="how to propose trials (default: random, or the stored study's)")
     tune.add_argument("--staged", action="store_true",

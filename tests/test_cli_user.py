@@ -305,7 +305,8 @@ def test_tune_holds_out_the_test_rows_and_train_takes_the_best_trial(tmp_path):
                        "--seed", "0", cwd=tmp_path))
     assert "359 test rows held out by --test-size 0.2 --split-seed 0" in done.stdout
     assert "never seen by tuning" in done.stdout
-    assert "carved from the 1438 training rows" in done.stdout
+    assert ("each trial is 5-fold cross-validated on the 1438 training rows (--cv 5): 5 "
+            "models, each trained on about 1151 and scored on the other 287") in done.stdout
     assert "fastnn train --params-from s.db" in done.stdout
     X, y = datasets.load_digits()
     X_train, _, y_train, _ = datasets.train_test_split(X, y, test_size=0.2, seed=0)
@@ -324,7 +325,12 @@ def test_tune_holds_out_the_test_rows_and_train_takes_the_best_trial(tmp_path):
     assert widths == [params["hidden"]] * params["layers"] + [10]
     assert model.optimizer.beta_1 == pytest.approx(params["beta1"])
     assert model.optimizer.learning_rate.lr == pytest.approx(params["lr"])
-    assert model.optimizer.learning_rate.decay_rate == pytest.approx(params["decay"])
+    schedule = model.optimizer.learning_rate  # the default space's cosine, over the epochs
+    assert params["decay"] == "cosine" and type(schedule).__name__ == "CosineDecay"
+    assert schedule.total == 1
+    assert model.loss.label_smoothing == pytest.approx(params["label_smoothing"])
+    dropouts = [layer.rate for layer in model.layers if type(layer).__name__ == "Dropout"]
+    assert dropouts == pytest.approx([params["dropout"]] * params["layers"])
     assert model.epochs_trained == 1  # the study's epochs per trial
 
     chosen = _ok(_fastnn("train", "--params-from", "s.db", "--trial", "0", "--epochs", "2",

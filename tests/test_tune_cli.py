@@ -123,6 +123,101 @@ def test_digits_objective_is_picklable_and_quick():
     assert len(pickle.dumps(tune.digits_objective)) < 2000  # the data are not pickled
 
 
+def test_cv_value_is_the_mean_of_the_folds_trained_by_hand():
+    X, y = _digits()
+    X, y = X[:400], y[:400]
+    space = {"lr": tune.LogUniform(3e-3, 3e-2), "hidden": 24, "batch_size": 64}
+    study = tune.tune_model(tune.MLPBuilder(10), X, y, space, epochs=2, cv=3, split_seed=4,
+                            standardize=True, n_trials=2, seed=0)
+    assert study.user_attrs["tune_model"]["cv"] == 3
+    assert study.user_attrs["tune_model"]["validation_split"] is None
+    trial = study.trials[1]
+    # the same thing, by hand: one model per fold of k_fold(y, 3, seed=4), each from the
+    # trial's seed, standardised by its own training rows
+    folds = fastnn.datasets.k_fold(y, 3, seed=4)
+    accuracies = []
+    for train, val in folds:
+        mean, std = X[train].mean(axis=0), X[train].std(axis=0)
+        std[std == 0] = 1.0
+        model = tune.MLPBuilder(10)(trial.params)
+        model.seed = trial.seed
+        model.optimizer = tune.make_optimizer(trial.params, epochs=2)
+        history = model.fit((X[train] - mean) / std, y[train], epochs=2, batch_size=64,
+                            validation_data=((X[val] - mean) / std, y[val]), seed=trial.seed,
+                            verbose=0)
+        accuracies.append(history.history["val_accuracy"][-1])
+    assert trial.value == pytest.approx(np.mean(accuracies), abs=1e-12)
+    assert len(set(accuracies)) > 1  # the folds differ: a mean of three, not one value
+    # each fold reports its epochs after the previous fold's (a pruner compares like
+    # with like: fold k, epoch e is step k * epochs + e)
+    assert sorted(trial.reports) == [1, 2, 3, 4, 5, 6]
+    assert [trial.reports[k * 2 + 2] for k in range(3)] == pytest.approx(accuracies)
+
+
+def test_cv_prunes_after_a_fold_and_is_seeded():
+    X, y = _digits()
+    X, y = X[:300], y[:300]
+    space = {"lr": tune.LogUniform(1e-6, 1e-1), "hidden": 16, "batch_size": 100}
+    run = dict(epochs=2, cv=3, n_trials=8, seed=2,
+               pruner=tune.MedianPruner(n_startup_trials=2, n_warmup_steps=2))
+    first = tune.tune_model(tune.MLPBuilder(10), X, y, space, **run)
+    again = tune.tune_model(tune.MLPBuilder(10), X, y, space, **run)
+    assert [(t.state, t.value, t.reports) for t in first.trials] == [
+        (t.state, t.value, t.reports) for t in again.trials]
+    pruned = [t for t in first.trials if t.state == "pruned"]
+    assert pruned and all(max(t.reports) < 6 for t in pruned)
+
+
+@pytest.mark.parametrize("kwargs, error, match", [
+    ({"cv": 1}, ValueError, r"cv must be an int of at least 2 \(the number of folds\) or "
+                            r"None; got 1"),
+    ({"cv": True}, ValueError, r"cv must be an int of at least 2"),
+    ({"cv": 2.0}, ValueError, r"cv must be an int of at least 2"),
+    ({"cv": 3, "validation_data": "X_val"}, ValueError, r"give cv or validation_data"),
+    ({"cv": 3, "checkpoint_dir": "ckpt"}, ValueError, r"checkpoint_dir needs one model"),
+    ({"cv": 500}, ValueError, r"n_splits must be at most the number of samples \(100\)"),
+])
+def test_cv_bad_arguments(kwargs, error, match, tmp_path):
+    X, y = _digits()
+    X, y = X[:100], y[:100]
+    if kwargs.get("validation_data") == "X_val":
+        kwargs["validation_data"] = (X[:10], y[:10])
+    if "checkpoint_dir" in kwargs:
+        kwargs["checkpoint_dir"] = tmp_path / "ckpt"
+    with pytest.raises(error, match=match):
+        tune.tune_model(tune.MLPBuilder(10), X, y, SMALL_SPACE, epochs=1, n_trials=1,
+                        seed=0, **kwargs)
+
+
+def test_cross_validated_objective_refuses_sample_weights_and_one_fold():
+    X, y = _digits()
+    folds = fastnn.datasets.k_fold(y, 2)
+    with pytest.raises(ValueError, match=r"per row of the whole data"):
+        tune.CrossValidatedObjective(tune.MLPBuilder(10), X, y, folds,
+                                     fit_kwargs={"sample_weight": np.ones(len(y))})
+    with pytest.raises(ValueError, match=r"folds must hold at least 2 \(train, val\) pairs; "
+                                         r"got 1"):
+        tune.CrossValidatedObjective(tune.MLPBuilder(10), X, y, folds[:1])
+
+
+def test_mlp_builder_label_smoothing():
+    model = tune.MLPBuilder(10)({"hidden": 8, "label_smoothing": 0.15})
+    assert model.loss.label_smoothing == 0.15
+    assert tune.MLPBuilder(10, label_smoothing=0.05)({}).loss.label_smoothing == 0.05
+    with pytest.raises(ValueError, match=r"label_smoothing=0.1 needs a classifier"):
+        tune.MLPBuilder(1, softmax=False)({"label_smoothing": 0.1})
+    with pytest.raises(ValueError, match=r"label_smoothing"):
+        tune.MLPBuilder(10, label_smoothing=1.5)
+
+
+def test_mlp_space_is_on_the_courses_scales():
+    space = tune.mlp_space()
+    assert isinstance(space["lr"], tune.LogUniform)
+    assert isinstance(space["beta1"], tune.OneMinusLogUniform)
+    assert space["decay"] == "cosine"
+    assert space["hidden"].high == 512
+
+
 # ------------------------------------------------------------------------------------------
 # Panda: resuming one trial from its checkpoint with a new learning rate
 # ------------------------------------------------------------------------------------------
@@ -287,7 +382,7 @@ def test_cli_tune_staged_on_a_csv_file(tmp_path, capsys):
     assert cli.main(["tune", "report", str(db)]) == 0
     report = capsys.readouterr().out
     assert re.search(r"stage 1: lr \(random, trials 0\.\.1\), best lr=", report), report
-    assert "stage 3: layers, decay" in report
+    assert "stage 3: layers, label_smoothing, dropout" in report  # decay is cosine (fixed)
 
 
 def test_cli_tune_as_a_user_runs_it(tmp_path):
@@ -301,6 +396,33 @@ def test_cli_tune_as_a_user_runs_it(tmp_path):
     assert len(_table_values(report.stdout)) == 2
 
 
+@pytest.mark.parametrize("flags, says, stored", [
+    ([], "each trial is 5-fold cross-validated on the 96 training rows (--cv 5)",
+     {"cv": 5, "validation_split": None}),
+    (["--cv", "3"], "each trial is 3-fold cross-validated on the 96 training rows (--cv 3): 3 "
+     "models, each trained on about 64 and scored on the other 32", {"cv": 3}),
+    (["--validation-split", "0.25"], "each trial trains on about 72 and is scored on about 24 "
+     "validation rows (--validation-split 0.25)", {"validation_split": 0.25}),
+    (["--checkpoint-dir", "ckpt"], "scored on about 20 validation rows (--validation-split 0.2)",
+     {"validation_split": 0.2}),
+])
+def test_cli_tune_scores_by_cross_validation_unless_told(flags, says, stored, tmp_path,
+                                                         capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    rng = np.random.default_rng(1)
+    X = np.vstack([rng.normal(-1, 1, (60, 4)), rng.normal(1, 1, (60, 4))])
+    np.savez(tmp_path / "two.npz", X=X, y=np.repeat([0, 1], 60))
+    code = cli.main(["tune", "--data", "two.npz", "--trials", "2", "--epochs", "2", "--seed",
+                     "0", "--storage", "s.db", *flags])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "24 test rows held out" in out and says in out
+    with tune.load_study(tmp_path / "s.db") as study:
+        settings = study.user_attrs["tune_model"]
+        assert all(t.state == "complete" for t in study.trials)
+    assert {k: settings.get(k) for k in stored} == stored
+
+
 @pytest.mark.parametrize("args, message", [
     (["report", "/no/such/study.db"], "no such study file"),
     (["--storage", "/no/such/dir/study.db"], "storage directory '/no/such/dir' does not exist"),
@@ -309,6 +431,10 @@ def test_cli_tune_as_a_user_runs_it(tmp_path):
     (["--trials", "-2"], "expected a positive integer"),
     (["--data", "/no/such/file.csv"], "no such file"),
     (["--space", "/no/such/space.json"], "no such space file"),
+    (["--cv", "1"], "expected a number of folds of at least 2; got 1"),
+    (["--cv", "3", "--validation-split", "0.2"], "not allowed with argument --cv"),
+    (["--cv", "3", "--checkpoint-dir", "ckpt"], "--checkpoint-dir keeps one model per trial"),
+    (["--cv", "5000"], r"--cv 5000: more folds than the 1438 training rows"),
 ])
 def test_cli_tune_bad_arguments_exit_2_with_one_line(args, message, capsys):
     code = _main(["tune", *args])

@@ -17,19 +17,22 @@ that survives a crash.
   executor such as Dask's), storage in SQLite, :func:`load_study` to resume or report.
 * Hand-driven trials ("panda"): :meth:`Study.ask` / :meth:`Study.tell`, and
   :func:`resume_trial` to continue one trial's training from its checkpoint with a new rate.
-* fastnn models: :func:`tune_model`; the bundled digits: :func:`digits_objective`,
-  :func:`digits_space`.
+* fastnn models: :func:`tune_model` (on a validation split, or ``cv``-fold
+  cross-validated: :class:`CrossValidatedObjective`), :func:`mlp_space` (what ``fastnn tune``
+  searches); the bundled digits: :func:`digits_objective`, :func:`digits_space`.
 """
 
 from __future__ import annotations
 
 from .models import (
+    CrossValidatedObjective,
     DigitsObjective,
     MLPBuilder,
     ModelObjective,
     digits_objective,
     digits_space,
     make_optimizer,
+    mlp_space,
     resume_trial,
     tune_digits,
     tune_model,
@@ -51,6 +54,7 @@ from .trial import FrozenTrial, Trial, TrialPruned, trial_seed
 __all__ = [
     "Bayes",
     "Choice",
+    "CrossValidatedObjective",
     "CoarseToFine",
     "DigitsObjective",
     "Distribution",
@@ -78,6 +82,7 @@ __all__ = [
     "digits_space",
     "load_study",
     "make_optimizer",
+    "mlp_space",
     "resume_trial",
     "search",
     "trial_seed",
