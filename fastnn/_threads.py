@@ -25,7 +25,7 @@ import time
 import warnings
 from contextlib import contextmanager
 
-__all__ = ["PARALLEL_MIN_MACS", "get_num_threads", "limited", "macs_per_row",
+__all__ = ["PARALLEL_MIN_MACS", "get_num_threads", "limited", "macs_per_row", "on_limit",
            "set_num_threads", "spare_cores", "threads", "threads_for"]
 
 #: Products below this many multiply-adds (about 0.2 ms on one core) run on one thread:
@@ -38,6 +38,7 @@ _lock = threading.Lock()
 _depth = 0  # fastnn calls computing now (in any thread)
 _saved: list = []  # (controller, its thread count) to restore when the last one ends
 _controllers = None  # threadpoolctl's BLAS controllers, found once
+_hooks: list = []  # told the threads fastnn's own kernels may use (see on_limit)
 
 
 def _cores() -> int:
@@ -186,6 +187,13 @@ def limited(n: int):
         _leave()
 
 
+def on_limit(hook) -> None:
+    """Have ``hook(n)`` told how many threads fastnn's own kernels (its packed matrix
+    product) may use: when the first :func:`limited` block begins, the block's count,
+    never more than the program allows BLAS; 1 when the last one ends."""
+    _hooks.append(hook)
+
+
 def _enter(n: int) -> None:
     global _depth, _saved
     with _lock:
@@ -195,6 +203,9 @@ def _enter(n: int) -> None:
             for c, had in _saved:
                 if n < had:  # never more threads than the program allows BLAS
                     c.set_num_threads(n)
+            own = min([n, *(had for _, had in _saved)])
+            for hook in _hooks:
+                hook(own)
         _depth += 1
 
 
@@ -207,6 +218,8 @@ def _leave() -> None:
                 if c.num_threads != had:
                     c.set_num_threads(had)
             _saved = []
+            for hook in _hooks:
+                hook(1)
 
 
 def info() -> dict:

@@ -17,9 +17,12 @@ from __future__ import annotations
 import itertools
 import os
 import pickle
+import signal
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 import tracemalloc
 from pathlib import Path
 
@@ -227,8 +230,9 @@ def test_planned_fit_matches_per_layer_fit(cython, plans, arch, dtype, shuffle):
     if arch == "dense_tanh_biases":
         assert all(layer.has_bias for layer in planned.layers if isinstance(layer, Dense))
     if arch == "wide":
-        kinds = {type(op).__base__.__name__ for op in plans[0]._programs[64].ops}
-        assert {"MatmulOp", "GemmOp"} <= kinds, kinds
+        kinds = {cls.__name__ for op in plans[0]._programs[64].ops for cls in type(op).__mro__}
+        large = "PackedGemmOp" if ops.uses_packed_gemm(dtype, 64) else "MatmulOp"
+        assert {large, "GemmOp"} <= kinds, kinds
 
 
 @pytest.mark.parametrize(("n", "batch_size", "arch", "expected"), [
@@ -484,6 +488,7 @@ def _gemm_bound(A, B, bias, dtype):
 @pytest.mark.parametrize("dtype", [F32, F64], ids=["float32", "float64"])
 def test_plan_matmul_matches_float64_product(cython, monkeypatch, dtype, path, trans_a, trans_b):
     monkeypatch.setattr(ops.bound, "SMALL_GEMM_MAX", 1 << 62 if path == "c_gemm" else 0)
+    monkeypatch.setattr(ops.bound, "_PACKED_GEMM", False)  # BLAS (the packed: below)
     expected_type = _kernels.GemmOp if path == "c_gemm" else _kernels.MatmulOp
     rng = np.random.default_rng(14)
     sentinel = dtype(123.25)
@@ -513,16 +518,212 @@ def test_plan_matmul_matches_float64_product(cython, monkeypatch, dtype, path, t
 
 @pytest.mark.parametrize("dtype", [F32, F64], ids=["float32", "float64"])
 def test_plan_matmul_threshold_picks_the_path(cython, dtype):
-    # m * k * n <= SMALL_GEMM_MAX: the C GEMM; above: NumPy's matmul. Both compute the product.
+    # m * k * n <= SMALL_GEMM_MAX: the C GEMM; above: the packed product (float32 on a CPU
+    # with AVX-512F) or NumPy's matmul. All compute the product.
     k = ops.SMALL_GEMM_MAX // (64 * 64)
-    for m, expected in ((64, _kernels.GemmOp), (65, _kernels.MatmulOp)):
+    large = _kernels.PackedGemmOp if ops.uses_packed_gemm(dtype, 64) else _kernels.MatmulOp
+    for m, expected in ((64, _kernels.GemmOp), (65, large)):
         A, B = _f(m, k, dt=dtype), _f(k, 64, dt=dtype, seed=1)
         out = np.empty((m, 64), dtype)
         op = ops.plan_matmul(A, B, out)
-        assert type(op).__base__ is expected
+        assert isinstance(op, expected)
         op()
         assert np.all(np.abs(out - A.astype(F64) @ B.astype(F64)) <= _gemm_bound(A, B, None,
                                                                                  dtype))
+
+
+needs_packed = pytest.mark.skipif(
+    not _kernels.packed_gemm_supported(),
+    reason="this CPU does not run the packed product (AVX-512F); BLAS computes instead")
+
+# Rows around the 6-row blocks, columns around the 64-column panels (and the 16-float
+# vectors within them), inner dimensions around the 512-step blocks and the 16 x 16
+# transposes of a transposed b.
+PACKED_SHAPES = [(m, k, n) for m in (1, 5, 6, 7, 13, 100) for k in (1, 15, 17, 512, 513, 1100)
+                 for n in (1, 16, 31, 64, 65, 200)]
+
+
+@needs_packed
+@pytest.mark.parametrize(("trans_a", "trans_b"), list(itertools.product([False, True], repeat=2)),
+                         ids=["nn", "nt", "tn", "tt"])
+def test_packed_product_matches_float64_product(cython, monkeypatch, trans_a, trans_b):
+    monkeypatch.setattr(ops.bound, "SMALL_GEMM_MAX", 0)
+    monkeypatch.setattr(ops.bound, "PACKED_MIN_N", 1)  # every width through the packed op
+    rng = np.random.default_rng(21)
+    sentinel = F32(123.25)
+    for (m, k, n), with_bias in itertools.product(PACKED_SHAPES, (False, True)):
+        A = rng.standard_normal((m, k)).astype(F32)
+        B = rng.standard_normal((k, n)).astype(F32)
+        a = np.ascontiguousarray(A.T) if trans_a else A
+        b = np.ascontiguousarray(B.T) if trans_b else B
+        bias = rng.standard_normal(n).astype(F32) if with_bias else None
+        inputs = [x.copy() for x in (a, b) + ((bias,) if with_bias else ())]
+        guard = np.full(m * n + 64, sentinel)  # out is its first m * n floats
+        out = guard[:m * n].reshape(m, n)
+        op = ops.plan_matmul(a, b, out, trans_a=trans_a, trans_b=trans_b, bias=bias)
+        assert type(op) is _kernels.PackedGemmOp
+        op()
+        case = f"m={m} k={k} n={n} bias={with_bias}"
+        ref = A.astype(F64) @ B.astype(F64) + (0.0 if bias is None else bias.astype(F64))
+        err = np.abs(out.astype(F64) - ref)
+        assert np.all(err <= _gemm_bound(A, B, bias, F32)), (case, float(err.max()))
+        assert np.all(guard[m * n:] == sentinel), case  # nothing written past the end
+        for before, after in zip(inputs, (a, b, bias), strict=False):
+            np.testing.assert_array_equal(before, after, err_msg=case)  # inputs untouched
+        first = out.copy()
+        op()
+        np.testing.assert_array_equal(out, first, err_msg=case)  # overwritten, not summed
+
+
+@needs_packed
+def test_packed_product_paths_and_switch(cython, monkeypatch):
+    A, B = _f(100, 300, dt=F32), _f(300, 64, dt=F32, seed=2)
+    out = np.empty((100, 64), F32)
+    assert type(ops.plan_matmul(A, B, out)) is _kernels.PackedGemmOp
+    # float64, and outputs narrower than PACKED_MIN_N, go to BLAS
+    assert type(ops.plan_matmul(A.astype(F64), B.astype(F64), out.astype(F64))).__base__ \
+        is _kernels.MatmulOp
+    narrow = np.empty((100, ops.PACKED_MIN_N - 1), F32)
+    assert type(ops.plan_matmul(A, _f(300, ops.PACKED_MIN_N - 1, dt=F32), narrow)).__base__ \
+        is _kernels.MatmulOp
+    monkeypatch.setattr(ops.bound, "_PACKED_GEMM", False)  # FASTNN_PACKED_GEMM=0
+    assert not ops.uses_packed_gemm(F32, 64)
+    assert type(ops.plan_matmul(A, B, out)).__base__ is _kernels.MatmulOp
+
+
+@needs_packed
+def test_packed_op_rejects_what_would_overrun(cython):
+    A, B = _f(100, 300, dt=F32), _f(300, 64, dt=F32, seed=2)
+    out = np.empty((100, 64), F32)
+    work = np.empty(_kernels.packed_gemm_work(300, 64), F32)
+    with pytest.raises(ValueError, match="work must hold"):
+        _kernels.PackedGemmOp(A, B, out, None, False, False, work[:-1])
+    with pytest.raises(ValueError, match=r"c must have shape \(100, 64\)"):
+        _kernels.PackedGemmOp(A, B, out[:99], None, False, False, work)
+    with pytest.raises(ValueError, match="do not chain"):
+        _kernels.PackedGemmOp(A, B[:299], out, None, False, False, work)
+    with pytest.raises(ValueError, match=r"bias must have shape \(64,\)"):
+        _kernels.PackedGemmOp(A, B, out, np.zeros(63, F32), False, False, work)
+    op = ops.plan_matmul(A, B, out)
+    with pytest.raises(ValueError, match=r"a must have shape \(100, 300\)"):
+        op.set_a(A[:99])
+    # rebind_matmul_input reads a caller's array in place, and back
+    other = _f(100, 300, dt=F32, seed=9)
+    assert ops.rebind_matmul_input(op, other, A)
+    op()
+    np.testing.assert_allclose(out, other.astype(F64) @ B.astype(F64), rtol=1e-4, atol=1e-4)
+    assert not ops.rebind_matmul_input(op, other.astype(F64), A)  # wrong dtype: refused
+    assert ops.rebind_matmul_input(op, A, A)
+    op()
+    np.testing.assert_allclose(out, A.astype(F64) @ B.astype(F64), rtol=1e-4, atol=1e-4)
+
+
+@pytest.fixture
+def two_gemm_threads(monkeypatch):
+    """The packed product allowed two threads on any product (restored afterwards)."""
+    monkeypatch.setattr(fastnn._threads, "PARALLEL_MIN_MACS", 0)
+    monkeypatch.setattr(ops.bound, "SMALL_GEMM_MAX", 0)
+    before = _kernels.get_gemm_threads()
+    _kernels.set_gemm_threads(2)
+    yield
+    _kernels.set_gemm_threads(before)
+
+
+@needs_packed
+@pytest.mark.parametrize(("trans_a", "trans_b"), list(itertools.product([False, True], repeat=2)),
+                         ids=["nn", "nt", "tn", "tt"])
+def test_packed_product_on_two_threads_is_bit_identical(cython, two_gemm_threads, trans_a,
+                                                         trans_b):
+    rng = np.random.default_rng(5)
+    # columns split between the threads (2+ panels of 64), rows split (one panel), too
+    # few rows to split (one thread)
+    for m, k, n in [(100, 300, 200), (7, 600, 130), (100, 70, 64), (13, 50, 40), (5, 9, 64)]:
+        A = rng.standard_normal((m, k)).astype(F32)
+        B = rng.standard_normal((k, n)).astype(F32)
+        a = np.ascontiguousarray(A.T) if trans_a else A
+        b = np.ascontiguousarray(B.T) if trans_b else B
+        bias = rng.standard_normal(n).astype(F32)
+        out2 = np.empty((m, n), F32)
+        op = ops.plan_matmul(a, b, out2, trans_a=trans_a, trans_b=trans_b, bias=bias)
+        op()
+        _kernels.set_gemm_threads(1)
+        out1 = np.empty((m, n), F32)
+        ops.plan_matmul(a, b, out1, trans_a=trans_a, trans_b=trans_b, bias=bias)()
+        _kernels.set_gemm_threads(2)
+        np.testing.assert_array_equal(out2, out1, err_msg=f"m={m} k={k} n={n}")
+        ref = A.astype(F64) @ B.astype(F64) + bias
+        assert np.all(np.abs(out2 - ref) <= _gemm_bound(A, B, bias, F32))
+
+
+@needs_packed
+def test_packed_products_from_many_threads_at_once(cython, two_gemm_threads):
+    # one helper thread: a caller that finds it busy computes alone; all results right
+    rng = np.random.default_rng(8)
+    cases = []
+    for i in range(6):
+        A = rng.standard_normal((90 + i, 200)).astype(F32)
+        B = rng.standard_normal((200, 150)).astype(F32)
+        out = np.empty((90 + i, 150), F32)
+        cases.append((ops.plan_matmul(A, B, out), out, A.astype(F64) @ B.astype(F64), A, B))
+    errors = []
+
+    def work(case):
+        op, out, ref, A, B = case
+        for _ in range(30):
+            op()
+            if not np.all(np.abs(out - ref) <= _gemm_bound(A, B, None, F32)):
+                errors.append(out.copy())
+
+    threads = [threading.Thread(target=work, args=(case,)) for case in cases]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+
+
+@needs_packed
+def test_thread_policy_sets_the_packed_products_threads(cython):
+    from threadpoolctl import threadpool_limits
+
+    assert _kernels.get_gemm_threads() == 1  # outside fastnn's calls
+    with fastnn._threads.limited(2):
+        assert _kernels.get_gemm_threads() == 2
+        with fastnn._threads.limited(1):  # nested: the first block's count holds
+            assert _kernels.get_gemm_threads() == 2
+    assert _kernels.get_gemm_threads() == 1
+    with threadpool_limits(limits=1, user_api="blas"):  # never more than BLAS is allowed
+        with fastnn._threads.limited(2):
+            assert _kernels.get_gemm_threads() == 1
+
+
+@needs_packed
+def test_packed_product_on_two_threads_after_fork(cython, two_gemm_threads):
+    A = _f(120, 300, dt=F32)
+    B = _f(300, 256, dt=F32, seed=3)
+    out = np.empty((120, 256), F32)
+    op = ops.plan_matmul(A, B, out)
+    op()  # the helper thread exists now; a forked child has none
+    expected = out.copy()
+    pid = os.fork()
+    if pid == 0:  # the child: a two-thread product must not wait for a thread that is gone
+        try:
+            out[:] = 0
+            op()
+            os._exit(0 if np.array_equal(out, expected) else 1)
+        except BaseException:
+            os._exit(2)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        time.sleep(0.01)
+    else:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        pytest.fail("the forked child hung in a two-thread product")
+    assert os.waitstatus_to_exitcode(status) == 0
 
 
 @pytest.mark.parametrize("shape", [(1, 1), (3, 5), (33, 17), (4, 5000), (1000, 3)])

@@ -31,6 +31,7 @@ from .backends import (
     set_backend,
 )
 from .bound import (
+    PACKED_MIN_N,
     SMALL_GEMM_MAX,
     bind_adam,
     can_plan,
@@ -47,6 +48,7 @@ from .bound import (
     plan_standardize,
     program,
     rebind_matmul_input,
+    uses_packed_gemm,
 )
 from .calls import (
     BatchNormCache,
@@ -60,6 +62,7 @@ from .calls import (
 )
 
 __all__ = [
+    "PACKED_MIN_N",
     "SMALL_GEMM_MAX",
     "BatchNormCache",
     "FastnnBuildWarning",
@@ -86,6 +89,7 @@ __all__ = [
     "plan_standardize",
     "program",
     "rebind_matmul_input",
+    "uses_packed_gemm",
     "rmsprop_update",
     "set_backend",
     "sgd_update",

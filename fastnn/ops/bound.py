@@ -14,10 +14,11 @@ is False and callers use the per-call functions of :mod:`fastnn.ops.calls`.
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
 
-from .. import _checks
+from .. import _checks, _threads
 from . import backends as _backends
 from .arrays import (
     _C_ALIGNED,
@@ -31,17 +32,36 @@ from .arrays import (
 )
 from .calls import BatchNormCache, _check_states
 
-__all__ = ["SMALL_GEMM_MAX", "bind_adam", "can_plan", "plan_activation",
+__all__ = ["PACKED_MIN_N", "SMALL_GEMM_MAX", "bind_adam", "can_plan", "plan_activation",
            "plan_batchnorm_backward", "plan_batchnorm_eval", "plan_batchnorm_train",
            "plan_column_sum", "plan_finite", "plan_gather", "plan_matmul", "plan_softmax",
            "plan_softmax_cross_entropy", "plan_standardize", "program",
-           "rebind_matmul_input"]
+           "rebind_matmul_input", "uses_packed_gemm"]
 
 _INF = math.inf
 
 #: Products with m * k * n up to this run in fastnn's register-blocked C loop (a BLAS
-#: call costs ~4 us whatever its size); larger ones go to NumPy's matmul (BLAS).
+#: call costs ~4 us whatever its size); larger ones go to fastnn's packed float32
+#: product where the CPU runs it (AVX-512F), else NumPy's matmul (BLAS).
 SMALL_GEMM_MAX = 1 << 18
+
+#: Products narrower than this (n columns of output) go to BLAS: the packed product
+#: computes 64 columns at a time, and would waste most of them.
+PACKED_MIN_N = 32
+
+#: ``FASTNN_PACKED_GEMM=0`` sends every large product to BLAS (read at import).
+_PACKED_GEMM = os.environ.get("FASTNN_PACKED_GEMM", "1").strip() != "0"
+
+
+if _backends._CYTHON is not None:  # the packed product's second thread follows the policy
+    _threads.on_limit(_backends._CYTHON.module.set_gemm_threads)
+
+
+def uses_packed_gemm(dtype, n: int) -> bool:
+    """Whether a large product of ``dtype`` with ``n`` output columns runs in fastnn's
+    packed product (float32 on a CPU with AVX-512F, unless ``FASTNN_PACKED_GEMM=0``)."""
+    return (_PACKED_GEMM and np.dtype(dtype) == _FLOAT32 and n >= PACKED_MIN_N
+            and _planning_module().packed_gemm_supported())
 
 
 def can_plan() -> bool:
@@ -122,8 +142,9 @@ def plan_matmul(a, b, out, *, trans_a: bool = False, trans_b: bool = False, bias
 
     Small products (``m * k * n <= SMALL_GEMM_MAX``) run in a register-blocked C loop
     (a transposed ``a`` is read in place; a transposed ``b`` is first copied to a scratch
-    buffer made here); larger ones
-    call NumPy's matmul (BLAS) on the live arrays.
+    buffer made here); larger ones in fastnn's packed float32 product where
+    :func:`uses_packed_gemm` (its workspace made here), else NumPy's matmul (BLAS), on
+    the live arrays.
     """
     dtype = _plan_dtype("a", a)
     a = _live("a", a, None, dtype, ndim=2)
@@ -142,6 +163,11 @@ def plan_matmul(a, b, out, *, trans_a: bool = False, trans_b: bool = False, bias
         inputs.append(("bias", bias))
     _check_outputs([("out", out)], inputs)
     if m * k * n > SMALL_GEMM_MAX:
+        if uses_packed_gemm(dtype, n):
+            module = _planning_module()
+            work = np.empty(module.packed_gemm_work(k, n), dtype)
+            return module.PackedGemmOp(a, b, out, bias, bool(trans_a), bool(trans_b), work,
+                                       float(_threads.PARALLEL_MIN_MACS))
         return _op_class("MatmulOp", dtype)(np.matmul, A, B, out, bias)
     bt = np.empty((k, n), dtype) if trans_b else None
     return _op_class("GemmOp", dtype)(a, b, out, bias, bool(trans_a), bool(trans_b), bt)
@@ -153,7 +179,9 @@ def rebind_matmul_input(op, a, bound) -> bool:
     small product in fastnn's C loop reads the planned buffer only) or ``a`` is not an
     array ``op`` may read in place (``bound``'s shape and dtype, C-contiguous, aligned).
     Saves copying a large input into a plan's buffer."""
-    if not isinstance(op, _planning_module().MatmulOp) or not isinstance(a, np.ndarray):
+    module = _planning_module()
+    if (not isinstance(op, module.MatmulOp | module.PackedGemmOp)
+            or not isinstance(a, np.ndarray)):
         return False
     if (a.shape != bound.shape or a.dtype != bound.dtype
             or a.flags.num & _C_ALIGNED != _C_ALIGNED):
