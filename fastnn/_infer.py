@@ -52,7 +52,8 @@ class InferencePlan:
             forward.insert(1, self.checks[0])
         else:
             forward.insert(0, self.checks[0])
-        self.program = ops.program([*forward, self.checks[1]])
+        # a packed product checks and normalises its output as it stores it
+        self.program = ops.program(ops.fuse_epilogues([*forward, self.checks[1]]))
         # A first Dense large enough for BLAS reads a caller's array of the model's dtype
         # in place: no copy of the rows into self.x (at 1024 rows of 784 floats, 3.2 MB)
         self.first = (forward[0] if first and ops.rebind_matmul_input(forward[0], self.x,

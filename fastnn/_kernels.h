@@ -421,6 +421,17 @@ static Py_ssize_t fastnn_packed_gemm_work(Py_ssize_t k, Py_ssize_t ncols) {
     return kc * FASTNN_PG_NR * panels + FASTNN_PG_MR * kc + 16;
 }
 
+/* What the packed product does to each result as it stores it (the eval-mode
+   batch norm and activation after a Dense, fused): with check, count results
+   that are NaN or infinite into *bad (before anything else); with mu,
+   (x - mu[j]) * a[j] + b[j] for column j, rounded as fastnn_bn_eval's loop
+   (no FMA contraction); then act 1 ReLU, 2 LeakyReLU (slope), as there. */
+typedef struct {
+    const float *mu, *a, *b;
+    int act, check;
+    float slope;
+} fastnn_pg_epi;
+
 #if FASTNN_HAVE_PACKED_GEMM
 /* The masks of the four 16-float vectors of a panel row of w columns. */
 FASTNN_AVX512 static inline void fastnn_pg_masks(Py_ssize_t w, __mmask16 mk[FASTNN_PG_NV]) {
@@ -503,12 +514,13 @@ FASTNN_AVX512 static void fastnn_pg_pack_b(const float *b, Py_ssize_t ldb, int t
 /* c[0:h, 0:w] (+)= A @ panel over kc steps: A's entry (r, p) at a[r * lda + p]
    (NAME_n: a row-major) or a[p * lda + r] (NAME_t: a transposed). The first
    block of the inner dimension starts from the bias (init, or zero if NULL);
-   the others add to c. */
+   the others add to c. The last applies ep (columns from ep_j) if given. */
 #define FASTNN_DEFINE_PG_KERNEL(NAME, AT)                                        \
-FASTNN_AVX512 static void NAME(Py_ssize_t kc, const float *a, Py_ssize_t lda,   \
-                               const float *bp, float *c, Py_ssize_t ldc,        \
-                               const float *init, int accumulate, int h,         \
-                               Py_ssize_t w) {                                   \
+FASTNN_AVX512 static int NAME(Py_ssize_t kc, const float *a, Py_ssize_t lda,    \
+                              const float *bp, float *c, Py_ssize_t ldc,         \
+                              const float *init, int accumulate, int h,          \
+                              Py_ssize_t w, const fastnn_pg_epi *ep,             \
+                              Py_ssize_t ep_j) {                                 \
     __m512 acc[FASTNN_PG_MR][FASTNN_PG_NV];                                      \
     __mmask16 mk[FASTNN_PG_NV];                                                  \
     fastnn_pg_masks(w, mk);                                                      \
@@ -532,18 +544,56 @@ FASTNN_AVX512 static void NAME(Py_ssize_t kc, const float *a, Py_ssize_t lda,   
         }                                                                        \
         bp += FASTNN_PG_NR;                                                      \
     }                                                                            \
-    for (int r = 0; r < h; r++) {                                                \
-        float *cr = c + r * ldc;                                                 \
-        for (int v = 0; v < FASTNN_PG_NV; v++) {                                 \
-            __m512 x = acc[r][v];                                                \
-            if (accumulate)                                                      \
-                x = _mm512_add_ps(x, _mm512_maskz_loadu_ps(mk[v], cr + 16 * v)); \
-            _mm512_mask_storeu_ps(cr + 16 * v, mk[v], x);                        \
-        }                                                                        \
-    }                                                                            \
+    if (accumulate)                                                              \
+        for (int r = 0; r < h; r++)                                              \
+            for (int v = 0; v < FASTNN_PG_NV; v++)                               \
+                acc[r][v] = _mm512_add_ps(acc[r][v], _mm512_maskz_loadu_ps(      \
+                    mk[v], c + r * ldc + 16 * v));                               \
+    return fastnn_pg_store(acc, c, ldc, h, mk, ep, ep_j);                        \
 }
+
+/* Store the kernel's block (rows < h, masked columns), through the epilogue ep
+   if given; the number of non-finite raw results if ep->check. */
+FASTNN_AVX512 static inline int fastnn_pg_store(
+        __m512 acc[FASTNN_PG_MR][FASTNN_PG_NV], float *c, Py_ssize_t ldc, int h,
+        const __mmask16 mk[FASTNN_PG_NV], const fastnn_pg_epi *ep, Py_ssize_t j) {
+    int bad = 0;
+    if (ep == NULL) {
+        for (int r = 0; r < h; r++)
+            for (int v = 0; v < FASTNN_PG_NV; v++)
+                _mm512_mask_storeu_ps(c + r * ldc + 16 * v, mk[v], acc[r][v]);
+        return 0;
+    }
+    const __m512 zero = _mm512_setzero_ps(), slope = _mm512_set1_ps(ep->slope);
+    for (int v = 0; v < FASTNN_PG_NV; v++) {
+        __m512 mu = zero, a = zero, b = zero;
+        if (ep->mu != NULL) {
+            mu = _mm512_maskz_loadu_ps(mk[v], ep->mu + j + 16 * v);
+            a = _mm512_maskz_loadu_ps(mk[v], ep->a + j + 16 * v);
+            b = _mm512_maskz_loadu_ps(mk[v], ep->b + j + 16 * v);
+        }
+        for (int r = 0; r < h; r++) {
+            __m512 x = acc[r][v];
+            if (ep->check) {  /* x - x: 0 if finite, NaN for NaN or inf */
+                __m512 d = _mm512_sub_ps(x, x);
+                bad += __builtin_popcount(_mm512_mask_cmp_ps_mask(mk[v], d, d, _CMP_UNORD_Q));
+            }
+            if (ep->mu != NULL)
+                x = _mm512_add_ps(_mm512_mul_ps(_mm512_sub_ps(x, mu), a), b);
+            if (ep->act == 1)  /* max(0, x): a NaN x stays NaN, -0 stays -0 (as x < 0 ? 0 : x) */
+                x = _mm512_max_ps(zero, x);
+            else if (ep->act == 2)
+                x = _mm512_mask_mul_ps(x, _mm512_cmp_ps_mask(x, zero, _CMP_LT_OQ), x, slope);
+            _mm512_mask_storeu_ps(c + r * ldc + 16 * v, mk[v], x);
+        }
+    }
+    return bad;
+}
+#pragma GCC push_options
+#pragma GCC optimize("fp-contract=off")
 FASTNN_DEFINE_PG_KERNEL(fastnn_pg_kernel_n, a[r * lda + p])
 FASTNN_DEFINE_PG_KERNEL(fastnn_pg_kernel_t, a[p * lda + r])
+#pragma GCC pop_options
 #endif  /* FASTNN_HAVE_PACKED_GEMM */
 
 /* c[:, j_lo:j_hi] = op(a) @ op(b)[:, j_lo:j_hi] (+ bias[j_lo:j_hi]), op(a) (m, k),
@@ -553,14 +603,16 @@ FASTNN_DEFINE_PG_KERNEL(fastnn_pg_kernel_t, a[p * lda + r])
    compute disjoint column ranges at once, each with its own work. */
 #if FASTNN_HAVE_PACKED_GEMM
 FASTNN_AVX512
-static void fastnn_packed_gemm(Py_ssize_t m, Py_ssize_t k, Py_ssize_t n,
-                               const float *a, Py_ssize_t lda, int ta,
-                               const float *b, Py_ssize_t ldb, int tb,
-                               float *c, Py_ssize_t ldc, const float *bias,
-                               float *work, Py_ssize_t j_lo, Py_ssize_t j_hi) {
+static int fastnn_packed_gemm(Py_ssize_t m, Py_ssize_t k, Py_ssize_t n,
+                              const float *a, Py_ssize_t lda, int ta,
+                              const float *b, Py_ssize_t ldb, int tb,
+                              float *c, Py_ssize_t ldc, const float *bias,
+                              float *work, Py_ssize_t j_lo, Py_ssize_t j_hi,
+                              const fastnn_pg_epi *ep) {
+    int bad = 0;
     (void)n;
     Py_ssize_t ncols = j_hi - j_lo;
-    if (ncols <= 0 || m <= 0) return;
+    if (ncols <= 0 || m <= 0) return 0;
     float *bp = (float *)(((uintptr_t)work + 63) & ~(uintptr_t)63);
     Py_ssize_t panels = (ncols + FASTNN_PG_NR - 1) / FASTNN_PG_NR;
     for (Py_ssize_t p0 = 0; p0 < k; p0 += FASTNN_PG_KC) {
@@ -596,25 +648,32 @@ static void fastnn_packed_gemm(Py_ssize_t m, Py_ssize_t k, Py_ssize_t n,
                 Py_ssize_t j = j_lo + q * FASTNN_PG_NR;
                 Py_ssize_t w = j_hi - j < FASTNN_PG_NR ? j_hi - j : FASTNN_PG_NR;
                 const float *init = bias != NULL ? bias + j : NULL;
+                const fastnn_pg_epi *last = p0 + kc >= k ? ep : NULL;
                 if (ta)
-                    fastnn_pg_kernel_t(kc, ab, la, bp + q * kc * FASTNN_PG_NR,
-                                       c + i0 * ldc + j, ldc, init, p0 > 0, h, w);
+                    bad += fastnn_pg_kernel_t(kc, ab, la, bp + q * kc * FASTNN_PG_NR,
+                                              c + i0 * ldc + j, ldc, init, p0 > 0, h, w,
+                                              last, j);
                 else
-                    fastnn_pg_kernel_n(kc, ab, la, bp + q * kc * FASTNN_PG_NR,
-                                       c + i0 * ldc + j, ldc, init, p0 > 0, h, w);
+                    bad += fastnn_pg_kernel_n(kc, ab, la, bp + q * kc * FASTNN_PG_NR,
+                                              c + i0 * ldc + j, ldc, init, p0 > 0, h, w,
+                                              last, j);
             }
         }
     }
+    return bad;
 }
 #else
-static void fastnn_packed_gemm(Py_ssize_t m, Py_ssize_t k, Py_ssize_t n,
-                               const float *a, Py_ssize_t lda, int ta,
-                               const float *b, Py_ssize_t ldb, int tb,
-                               float *c, Py_ssize_t ldc, const float *bias,
-                               float *work, Py_ssize_t j_lo, Py_ssize_t j_hi) {
+static int fastnn_packed_gemm(Py_ssize_t m, Py_ssize_t k, Py_ssize_t n,
+                              const float *a, Py_ssize_t lda, int ta,
+                              const float *b, Py_ssize_t ldb, int tb,
+                              float *c, Py_ssize_t ldc, const float *bias,
+                              float *work, Py_ssize_t j_lo, Py_ssize_t j_hi,
+                              const fastnn_pg_epi *ep) {
     /* never called: fastnn_packed_gemm_supported() is 0 here */
     (void)m; (void)k; (void)n; (void)a; (void)lda; (void)ta; (void)b; (void)ldb;
     (void)tb; (void)c; (void)ldc; (void)bias; (void)work; (void)j_lo; (void)j_hi;
+    (void)ep;
+    return 0;
 }
 #endif
 
@@ -638,6 +697,8 @@ typedef struct {
     const float *a, *b, *bias;
     float *c, *work;
     int ta, tb;
+    const fastnn_pg_epi *ep;
+    int bad;  /* out: the non-finite results ep->check counted */
 } fastnn_pg_job;
 
 static struct {
@@ -650,9 +711,9 @@ static struct {
 static pthread_mutex_t fastnn_pool_busy = PTHREAD_MUTEX_INITIALIZER;  /* one caller */
 static int fastnn_pool_atfork_set = 0;
 
-static void fastnn_pg_run_job(const fastnn_pg_job *j) {
-    fastnn_packed_gemm(j->m, j->k, j->n, j->a, j->lda, j->ta, j->b, j->ldb, j->tb, j->c,
-                       j->ldc, j->bias, j->work, j->j_lo, j->j_hi);
+static void fastnn_pg_run_job(fastnn_pg_job *j) {
+    j->bad = fastnn_packed_gemm(j->m, j->k, j->n, j->a, j->lda, j->ta, j->b, j->ldb, j->tb,
+                                j->c, j->ldc, j->bias, j->work, j->j_lo, j->j_hi, j->ep);
 }
 
 static void *fastnn_pool_main(void *unused) {
@@ -684,7 +745,7 @@ static void fastnn_pool_atfork_child(void) {
 
 /* Run `theirs` on the helper thread while the caller runs `mine`; 0 (nothing run)
    if the helper is in use by another caller or cannot be started. */
-static int fastnn_pool_run2(fastnn_pg_job *theirs, const fastnn_pg_job *mine) {
+static int fastnn_pool_run2(fastnn_pg_job *theirs, fastnn_pg_job *mine) {
     if (pthread_mutex_trylock(&fastnn_pool_busy) != 0)
         return 0;
     pthread_mutex_lock(&fastnn_pool.lock);
@@ -727,17 +788,20 @@ static Py_ssize_t fastnn_packed_gemm_work2(Py_ssize_t k, Py_ssize_t n) {
     return 2 * fastnn_packed_gemm_work(k, n);
 }
 
-/* fastnn_packed_gemm over all of c, on two threads when fastnn_gemm_threads says
-   so and the product has at least min_macs multiply-adds (else, or if the helper
-   is busy, on the caller's). work: fastnn_packed_gemm_work2(k, n) floats. */
-static void fastnn_packed_gemm_threads(Py_ssize_t m, Py_ssize_t k, Py_ssize_t n,
-                                       const float *a, Py_ssize_t lda, int ta,
-                                       const float *b, Py_ssize_t ldb, int tb,
-                                       float *c, Py_ssize_t ldc, const float *bias,
-                                       float *work, double min_macs) {
+/* fastnn_packed_gemm over all of c (with the epilogue ep, or NULL), on two threads
+   when fastnn_gemm_threads says so and the product has at least min_macs
+   multiply-adds (else, or if the helper is busy, on the caller's); the count of
+   non-finite results if ep->check. work: fastnn_packed_gemm_work2(k, n) floats. */
+static int fastnn_packed_gemm_threads(Py_ssize_t m, Py_ssize_t k, Py_ssize_t n,
+                                      const float *a, Py_ssize_t lda, int ta,
+                                      const float *b, Py_ssize_t ldb, int tb,
+                                      float *c, Py_ssize_t ldc, const float *bias,
+                                      float *work, double min_macs,
+                                      const fastnn_pg_epi *ep) {
 #if FASTNN_HAVE_PACKED_GEMM
     if (fastnn_gemm_threads >= 2 && (double)m * (double)k * (double)n >= min_macs) {
-        fastnn_pg_job mine = {m, k, n, lda, ldb, ldc, 0, n, a, b, bias, c, work, ta, tb};
+        fastnn_pg_job mine = {m, k, n, lda, ldb, ldc, 0, n, a, b, bias, c, work, ta, tb,
+                              ep, 0};
         fastnn_pg_job theirs = mine;
         theirs.work = work + fastnn_packed_gemm_work(k, n);
         Py_ssize_t panels = (n + FASTNN_PG_NR - 1) / FASTNN_PG_NR;
@@ -755,12 +819,12 @@ static void fastnn_packed_gemm_threads(Py_ssize_t m, Py_ssize_t k, Py_ssize_t n,
             theirs.m = 0;
         }
         if (theirs.m > 0 && fastnn_pool_run2(&theirs, &mine))
-            return;
+            return mine.bad + theirs.bad;
     }
 #else
     (void)min_macs;
 #endif
-    fastnn_packed_gemm(m, k, n, a, lda, ta, b, ldb, tb, c, ldc, bias, work, 0, n);
+    return fastnn_packed_gemm(m, k, n, a, lda, ta, b, ldb, tb, c, ldc, bias, work, 0, n, ep);
 }
 
 #endif  /* FASTNN_KERNELS_H */

@@ -257,6 +257,65 @@ def test_a_bad_row_read_in_place_is_named():
                                   model.predict_proba(np.asfortranarray(X)))
 
 
+@pytest.mark.skipif(not ops.uses_packed_gemm(np.float32, 64),
+                    reason="this CPU does not run the packed product (AVX-512F)")
+@pytest.mark.parametrize("activation", ["relu", "leaky", "identity", "tanh"])
+def test_packed_product_takes_over_the_batch_norm_and_check_bit_for_bit(monkeypatch,
+                                                                         activation):
+    rng = np.random.default_rng(11)
+    act = {"relu": L.ReLU, "leaky": lambda: L.LeakyReLU(0.3), "identity": L.Identity,
+           "tanh": L.Tanh}[activation]
+
+    def model():
+        m = Sequential([L.Dense(96), L.BatchNorm(), act(), L.Dense(64), L.BatchNorm(), act(),
+                        L.Dense(5), L.Softmax()], input_dim=50, dtype="float32", seed=4)
+        m.fit(rng.standard_normal((64, 50)), rng.integers(0, 5, 64), epochs=1, verbose=0)
+        return m
+
+    fused = model()
+    plain = copy.deepcopy(fused)
+    X = rng.standard_normal((300, 50)).astype(np.float32)
+    X[7] *= 40  # some large values too
+    expected_kinds = {"tanh": ["PackedGemmOp", "BatchNormEvalOp32"],  # tanh is not fused
+                      }.get(activation, ["PackedGemmOp"])
+    got = fused.predict_proba(X)
+    program = fused._plans.get(fused, 300, False).program
+    kinds = [type(op).__name__ for op in program.ops]
+    assert kinds[:len(expected_kinds)] == expected_kinds, kinds
+    assert "FiniteOp32" in kinds  # only the output's check remains
+    assert kinds.count("FiniteOp32") == 1, kinds
+    monkeypatch.setattr(ops, "fuse_epilogues", lambda op_list: op_list)
+    reference = plain.predict_proba(X)
+    program = plain._plans.get(plain, 300, False).program
+    assert sum(type(op).__name__ == "BatchNormEvalOp32" for op in program.ops) == 2
+    np.testing.assert_array_equal(got, reference)  # the same arithmetic, the same bits
+    # the fused check still names a bad row, and a change of the statistics is seen
+    X[123, 9] = np.inf
+    with pytest.raises(ValueError, match=r"first at row 123, column 9"):
+        fused.predict_proba(X)
+    X[123, 9] = 0.0
+    fused.layers[1].s["running_var"][:] *= 4.0
+    plain.layers[1].s["running_var"][:] *= 4.0
+    np.testing.assert_array_equal(fused.predict_proba(X), plain.predict_proba(X))
+
+
+def test_fuse_epilogues_leaves_ops_it_cannot_take(monkeypatch):
+    monkeypatch.setattr(ops.bound, "SMALL_GEMM_MAX", 0)
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((40, 30)).astype(np.float32)
+    w = rng.standard_normal((30, 64)).astype(np.float32)
+    out, other = np.empty((40, 64), np.float32), np.empty((40, 64), np.float32)
+    ones, zeros = np.ones(64, np.float32), np.zeros(64, np.float32)
+    gemm = ops.plan_matmul(x, w, out)
+    if not ops.uses_packed_gemm(np.float32, 64):
+        pytest.skip("this CPU does not run the packed product (AVX-512F)")
+    # a batch norm that writes elsewhere, and a check of another array, stay as they are
+    bn = ops.plan_batchnorm_eval(out, ones, zeros, zeros, ones, out=other)
+    check = ops.plan_finite(other)
+    assert ops.fuse_epilogues([gemm, check, bn]) == [gemm, check, bn]
+    assert ops.fuse_epilogues([gemm, bn]) == [gemm, bn]
+
+
 def test_rebind_matmul_input_refuses_what_it_cannot_read_in_place():
     a = np.ones((600, 40), np.float32)
     b, out = np.ones((40, 64), np.float32), np.empty((600, 64), np.float32)

@@ -36,7 +36,7 @@ __all__ = ["PACKED_MIN_N", "SMALL_GEMM_MAX", "bind_adam", "can_plan", "plan_acti
            "plan_batchnorm_backward", "plan_batchnorm_eval", "plan_batchnorm_train",
            "plan_column_sum", "plan_finite", "plan_gather", "plan_matmul", "plan_softmax",
            "plan_softmax_cross_entropy", "plan_standardize", "program",
-           "rebind_matmul_input", "uses_packed_gemm"]
+           "fuse_epilogues", "rebind_matmul_input", "uses_packed_gemm"]
 
 _INF = math.inf
 
@@ -171,6 +171,38 @@ def plan_matmul(a, b, out, *, trans_a: bool = False, trans_b: bool = False, bias
         return _op_class("MatmulOp", dtype)(np.matmul, A, B, out, bias)
     bt = np.empty((k, n), dtype) if trans_b else None
     return _op_class("GemmOp", dtype)(a, b, out, bias, bool(trans_a), bool(trans_b), bt)
+
+
+def fuse_epilogues(op_list: list) -> list:
+    """The ops of an inference pass with what a packed product can do as it stores its
+    results taken over by it: a finite check of its output, then an in-place eval-mode
+    batch norm (with no activation, ReLU or LeakyReLU) of it. Saves a pass over the
+    output each; results are bit-identical (the same arithmetic, in the same order)."""
+    module = _planning_module()
+    fused, i = [], 0
+    while i < len(op_list):
+        op = op_list[i]
+        i += 1
+        if not isinstance(op, module.PackedGemmOp):
+            fused.append(op)
+            continue
+        finite = bn = None
+        if i < len(op_list) and isinstance(op_list[i], module.FiniteOp32):
+            finite = op_list[i]
+            i += 1
+        if i < len(op_list) and isinstance(op_list[i], module.BatchNormEvalOp32):
+            bn = op_list[i]
+            i += 1
+        for candidate in ((finite, bn), (finite, None), (None, None)):
+            try:
+                op.fuse(*candidate, np.empty(3 * op.n, _FLOAT32))
+            except ValueError:
+                continue
+            break
+        fused.append(op)
+        # what the product did not take over runs as before
+        fused += [o for o in (finite, bn) if o is not None and o not in candidate]
+    return fused
 
 
 def rebind_matmul_input(op, a, bound) -> bool:
