@@ -18,7 +18,7 @@ Problems (each a minimisation with a known minimum, except the digits):
 ``digits``     the bundled digits MLP (:func:`fastnn.tune.digits_space`, 5 epochs,
                validation on a stratified half, fixed training seed per repetition so a
                value depends on the params only); "regret" is the validation error
-               1 - accuracy (its minimum is unknown), 30 trials.
+               1 - accuracy (its minimum is unknown), 60 trials.
 
 Samplers: ``bayes`` (fastnn, ``batch_size=1``: one proposal at a time), ``bayes-b2``
 (fastnn, ``batch_size=2``: the batches two workers run), ``tpe`` (Optuna
@@ -126,7 +126,7 @@ def problems(names) -> dict:
             "lr": LogUniform(1e-5, 1.0), "hidden": IntLogUniform(8, 512),
             "layers": IntUniform(1, 5), "activation": Choice(list(_ACTIVATION)),
             "dropout": Uniform(0.0, 0.5)}, 0.0, 60),
-        "digits": (lambda seed: Digits(seed), digits_space(), 0.0, 30),
+        "digits": (lambda seed: Digits(seed), digits_space(), 0.0, 60),
     }
     return {n: table[n] for n in names}
 

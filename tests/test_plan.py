@@ -548,7 +548,8 @@ PACKED_SHAPES = [(m, k, n) for m in (1, 5, 6, 7, 13, 100) for k in (1, 15, 17, 5
                          ids=["nn", "nt", "tn", "tt"])
 def test_packed_product_matches_float64_product(cython, monkeypatch, trans_a, trans_b):
     monkeypatch.setattr(ops.bound, "SMALL_GEMM_MAX", 0)
-    monkeypatch.setattr(ops.bound, "PACKED_MIN_N", 1)  # every width through the packed op
+    monkeypatch.setattr(ops.bound, "PACKED_MIN_N", 1)  # every shape through the packed op
+    monkeypatch.setattr(ops.bound, "PACKED_MIN_M", 1)
     rng = np.random.default_rng(21)
     sentinel = F32(123.25)
     for (m, k, n), with_bias in itertools.product(PACKED_SHAPES, (False, True)):
@@ -586,6 +587,9 @@ def test_packed_product_paths_and_switch(cython, monkeypatch):
     narrow = np.empty((100, ops.PACKED_MIN_N - 1), F32)
     assert type(ops.plan_matmul(A, _f(300, ops.PACKED_MIN_N - 1, dt=F32), narrow)).__base__ \
         is _kernels.MatmulOp
+    few = ops.PACKED_MIN_M - 1  # and products of few rows
+    assert type(ops.plan_matmul(A[:few], _f(300, 1024, dt=F32), np.empty((few, 1024), F32))
+                ).__base__ is _kernels.MatmulOp
     monkeypatch.setattr(ops.bound, "_PACKED_GEMM", False)  # FASTNN_PACKED_GEMM=0
     assert not ops.uses_packed_gemm(F32, 64)
     assert type(ops.plan_matmul(A, B, out)).__base__ is _kernels.MatmulOp
@@ -622,6 +626,7 @@ def test_packed_op_rejects_what_would_overrun(cython):
 def two_gemm_threads(monkeypatch):
     """The packed product allowed two threads on any product (restored afterwards)."""
     monkeypatch.setattr(fastnn._threads, "PARALLEL_MIN_MACS", 0)
+    monkeypatch.setattr(ops.bound, "PACKED_MIN_M", 1)
     monkeypatch.setattr(ops.bound, "SMALL_GEMM_MAX", 0)
     before = _kernels.get_gemm_threads()
     _kernels.set_gemm_threads(2)

@@ -31,6 +31,7 @@ from .backends import (
     set_backend,
 )
 from .bound import (
+    PACKED_MIN_M,
     PACKED_MIN_N,
     SMALL_GEMM_MAX,
     bind_adam,
@@ -63,6 +64,7 @@ from .calls import (
 )
 
 __all__ = [
+    "PACKED_MIN_M",
     "PACKED_MIN_N",
     "SMALL_GEMM_MAX",
     "BatchNormCache",
