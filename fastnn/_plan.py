@@ -99,6 +99,25 @@ class TrainPlan:
         self._current = program
         return program.run(start)
 
+    def steps(self, start: int, size: int, count: int, fused, t0: int,
+              loss_sum: float) -> tuple[int, float, int, float]:
+        """``count`` steps of ``size`` rows from ``start`` on, each followed by the
+        optimizer's fused update (``optimizer.fused_step``: ``(op, scalars)``) at steps
+        ``t0 + 1``, ...: one compiled call. ``(steps taken, loss_sum + sum of loss *
+        size, rows predicted right, last loss)``; fewer steps than ``count`` when a loss
+        was not finite (its update not applied)."""
+        program = self._programs.get(size)
+        if program is None:
+            program = self._programs[size] = self._build(size)
+            program.set_order(self._order)
+        self._current = program
+        op, scalars = fused
+        return program.run_steps(start, size, count, op, *scalars, float(t0), loss_sum)
+
+    def steps_done(self) -> int:
+        """The steps the last :meth:`steps` call took (also when it was interrupted)."""
+        return self._current.steps_done if self._current is not None else 0
+
     @property
     def correct(self) -> int:
         return self._current.correct

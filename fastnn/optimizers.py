@@ -113,6 +113,15 @@ class Optimizer:
     def _update(self, params, grads, lr: float, t: int) -> None:
         raise TypeError(f"{type(self).__name__} does not implement _update")
 
+    def fused_step(self, params, grads):
+        """The update bound to the flat buffers and its scalars,
+        ``(op, (lr, beta1, beta2, eps, weight_decay, decoupled))``, for a compiled pass
+        that runs many training steps without Python between them (``fit``'s planned
+        steps; the caller adds the steps taken to ``iterations``). None where each step
+        must go through :meth:`step` (this optimizer, a learning rate that changes per
+        step, the NumPy backend)."""
+        return None
+
     # -- config --------------------------------------------------------------------------
 
     def _hyperparameters(self) -> dict:
@@ -220,19 +229,38 @@ class Adam(Optimizer):
     def _active_state_names(self):
         return ("m", "v", "v_max") if self.amsgrad else ("m", "v")
 
-    def step(self, params, grads) -> None:
-        # With the cython backend the update is bound once to the flat buffers (validated
-        # then; build() and load_state_arrays() unbind it) and costs one C call a step.
+    def _bind(self, params, grads):
+        """The update bound to these buffers (made on first use; build() and
+        load_state_arrays() unbind it); None with the NumPy backend."""
         bound = self._bound
         if bound is None or bound.arrays[0] is not params or bound.arrays[1] is not grads:
             if not (ops.can_plan() and isinstance(params, np.ndarray) and params.ndim == 1):
-                return super().step(params, grads)
+                return None
             if not self.built:
                 self.build(params.size, params.dtype)
             state = self._state
             bound = self._bound = ops.bind_adam(params, grads, state["m"], state["v"],
                                                 state.get("v_max"))
         elif not ops.can_plan():
+            return None
+        return bound
+
+    def fused_step(self, params, grads):
+        rate = self._learning_rate
+        if isinstance(rate, schedules.Schedule) and rate.per_step:
+            return None
+        bound = self._bind(params, grads)
+        if bound is None:
+            return None
+        lr = _checks.real("lr", self.lr, 0.0, float("inf"), high_open=True)
+        return bound, (lr, self.beta_1, self.beta_2, self.epsilon, self.weight_decay,
+                       self.decoupled)
+
+    def step(self, params, grads) -> None:
+        # With the cython backend the update is bound once to the flat buffers (validated
+        # then) and costs one C call a step.
+        bound = self._bind(params, grads)
+        if bound is None:
             return super().step(params, grads)
         t = self.iterations + 1
         lr = _checks.real("lr", self.lr, 0.0, float("inf"), high_open=True)

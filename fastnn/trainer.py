@@ -508,9 +508,12 @@ def _epoch(model, rows, plan, buffers, rng, dropout_rng, report, where):
     """One epoch's batches: (loss summed over rows, rows predicted right), or None if
     a loss was not finite (``where.batch``, ``where.loss`` say which; that batch's
     gradients are not applied)."""
-    opt_step, params, grads = model.optimizer.step, model._params, model._grads
+    opt = model.optimizer
+    opt_step, params, grads = opt.step, model._params, model._grads
     classification = model.loss.classification
     isfinite = math.isfinite
+    # planned steps with the optimizer's update fused: runs of batches in one call each
+    fused = opt.fused_step(params, grads) if plan is not None else None
     loss_sum = 0.0
     correct = 0
     b = 0
@@ -521,7 +524,32 @@ def _epoch(model, rows, plan, buffers, rng, dropout_rng, report, where):
             if plan is not None:
                 plan.set_order(order)
             start = 0
-            for size in sizes:
+            i = 0
+            while fused is not None and i < len(sizes):
+                size = sizes[i]
+                run = 1  # the batches of this size from here (all but maybe the last)
+                while i + run < len(sizes) and sizes[i + run] == size:
+                    run += 1
+                if next_report >= b:  # up to the batch to report, at most
+                    run = min(run, next_report - b + 1)
+                try:
+                    steps, loss_sum, hits, loss = plan.steps(start, size, run, fused,
+                                                             opt.iterations, loss_sum)
+                except KeyboardInterrupt:
+                    b += plan.steps_done()
+                    raise
+                opt.iterations += steps
+                correct += hits
+                start += steps * size
+                i += steps
+                if steps < run:  # a non-finite loss: where, and its update not applied
+                    where.batch, where.loss = b + steps, loss
+                    return None
+                b += steps - 1  # the last batch run
+                if b == next_report:
+                    next_report = report(b, loss_sum / (seen + start))
+                b += 1
+            for size in sizes if fused is None else ():  # one step at a time
                 if plan is not None:
                     loss = plan.step(start, size)  # forward, loss and backward
                     hits = plan.correct

@@ -101,6 +101,13 @@ def plans(monkeypatch):
             self.count[0] += 1
             return super().step(start, size)
 
+        def steps(self, start, size, count, *args):
+            done = super().steps(start, size, count, *args)
+            if made.record:
+                self.sizes += [size] * done[0]
+            self.count[0] += done[0]
+            return done
+
     monkeypatch.setattr(trainer, "TrainPlan", SpyPlan)
     return made
 

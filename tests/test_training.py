@@ -481,6 +481,103 @@ def test_non_finite_restore_also_restores_optimizer_state(backend):
 
 
 # ----------------------------------------------------------------------------------------
+# 12 (part). Fused steps: runs of batches and their Adam updates in one compiled call
+# ----------------------------------------------------------------------------------------
+
+
+class _EveryBatch(Callback):
+    def __init__(self):
+        self.seen = []
+
+    def on_batch_end(self, batch, logs=None):
+        self.seen.append((batch, logs["loss"]))
+
+
+def _one_step_at_a_time(monkeypatch, optimizer):
+    monkeypatch.setattr(type(optimizer), "fused_step", lambda self, params, grads: None)
+
+
+FUSED_CASES = {
+    "adam": lambda: Adam(0.01),
+    "adamw-amsgrad": lambda: AdamW(0.01, weight_decay=0.05, amsgrad=True),
+    "adam-l2-schedule": lambda: Adam(fastnn.schedules.InverseTimeDecay(0.02, decay_rate=0.5),
+                                     weight_decay=1e-3),
+}
+
+
+@pytest.mark.parametrize("case", list(FUSED_CASES))
+@pytest.mark.parametrize("how", ["quiet", "verbose-1", "batch-callback", "blocks"])
+def test_fused_steps_train_bit_for_bit_as_one_step_at_a_time(monkeypatch, case, how, capsys):
+    X, y = _data(203, 7, 4, seed=31)  # 203 rows: the last batch of 11 (or a merged one)
+    kwargs = {"quiet": dict(verbose=0), "verbose-1": dict(verbose=1),
+              "batch-callback": dict(verbose=0), "blocks": dict(verbose=0, shuffle="blocks",
+                                                                block_rows=64)}[how]
+    results = []
+    for fused in (True, False):
+        model = fastnn.Sequential([Dense(16), BatchNorm(), ReLU(), Dense(4), Softmax()],
+                                  input_dim=7, seed=5)
+        model.optimizer = FUSED_CASES[case]()
+        with monkeypatch.context() as patch:
+            if not fused:
+                _one_step_at_a_time(patch, model.optimizer)
+            spy = _EveryBatch()
+            calls = [spy] if how == "batch-callback" else []
+            history = model.fit(X, y, epochs=3, batch_size=16, seed=2, callbacks=calls,
+                                validation_split=0.1, **kwargs)
+        results.append((model, history, spy.seen, capsys.readouterr().out))
+    (fused_model, fused_history, fused_seen, fused_out), (model, history, seen, out) = results
+    _assert_same_state(fused_model, model)
+    _history_equal(fused_history, history)
+    assert fused_seen == seen  # every batch reported, with the same running loss
+    if how == "batch-callback":
+        assert len(seen) == 3 * 12
+    if how == "verbose-1":
+        strip = [line.split(" - ", 1)[1] for line in out.splitlines() if " - " in line]
+        assert strip == [line.split(" - ", 1)[1] for line in fused_out.splitlines()
+                         if " - " in line]  # the same figures (the times differ)
+
+
+def test_fused_steps_are_taken_where_they_can(monkeypatch):
+    X, y = _data(96, 5, 3, seed=4)
+    calls = []
+    real = fastnn._plan.TrainPlan.steps
+
+    def spy(self, start, size, count, *args):
+        calls.append(count)
+        return real(self, start, size, count, *args)
+
+    monkeypatch.setattr(fastnn._plan.TrainPlan, "steps", spy)
+    model = fastnn.Sequential([Dense(8), ReLU(), Dense(3), Softmax()], input_dim=5, seed=0)
+    model.fit(X, y, epochs=2, batch_size=16, verbose=0, optimizer=Adam(0.01))
+    assert calls == [6, 6]  # one call per epoch
+    calls.clear()
+    per_step = Adam(fastnn.schedules.InverseTimeDecay(0.01, decay_rate=0.1, per_step=True))
+    model.fit(X, y, epochs=1, batch_size=16, verbose=0, optimizer=per_step)
+    model.fit(X, y, epochs=1, batch_size=16, verbose=0, optimizer=SGD(0.01))
+    assert calls == []  # a rate per step, and SGD: one step at a time
+
+
+def test_fused_steps_stop_at_a_non_finite_loss_as_one_step_at_a_time(monkeypatch):
+    X, y = _data(64, 5, 3, seed=8)
+    outcomes = []
+    for fused in (True, False):
+        model = fastnn.Sequential([Dense(8), BatchNorm(), ReLU(), Dense(3), Softmax()],
+                                  input_dim=5, seed=0)
+        model.fit(X, y, epochs=1, batch_size=16, verbose=0, optimizer=Adam(0.01))
+        with monkeypatch.context() as patch, warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if not fused:
+                _one_step_at_a_time(patch, model.optimizer)
+            model.optimizer.lr = 1e38
+            history = model.fit(X, y, epochs=3, batch_size=16, verbose=0)
+        outcomes.append((model, history))
+    (fused_model, fused_history), (model, history) = outcomes
+    assert "non-finite loss" in fused_history.stop_reason
+    assert fused_history.stop_reason == history.stop_reason  # same epoch and batch
+    _assert_same_state(fused_model, model)
+
+
+# ----------------------------------------------------------------------------------------
 # 12. Ctrl-C: rolled back to the last complete epoch, KeyboardInterrupt raised again
 # ----------------------------------------------------------------------------------------
 
@@ -587,6 +684,8 @@ def test_ctrl_c_inside_an_optimizer_step_rolls_back(backend, optimizer, monkeypa
         real_step(self, params, grads)
 
     monkeypatch.setattr(type(opt), "step", interrupted_step)
+    # one step at a time (a fused update runs in C, where Ctrl-C waits for the step's end)
+    monkeypatch.setattr(type(opt), "fused_step", lambda self, params, grads: None)
     with pytest.raises(KeyboardInterrupt):
         _call_fit(model, _fit_args(X, y))
     monkeypatch.setattr(type(opt), "step", real_step)

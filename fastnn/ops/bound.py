@@ -32,7 +32,8 @@ from .arrays import (
 )
 from .calls import BatchNormCache, _check_states
 
-__all__ = ["PACKED_MIN_M", "PACKED_MIN_N", "SMALL_GEMM_MAX", "bind_adam", "can_plan", "plan_activation",
+__all__ = ["PACKED_MIN_M", "PACKED_MIN_N", "SMALL_GEMM_MAX", "bind_adam", "can_plan",
+           "plan_activation",
            "plan_batchnorm_backward", "plan_batchnorm_eval", "plan_batchnorm_train",
            "plan_column_sum", "plan_finite", "plan_gather", "plan_matmul", "plan_softmax",
            "plan_softmax_cross_entropy", "plan_standardize", "program",
