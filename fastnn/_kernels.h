@@ -276,8 +276,9 @@ static void NAME(T *FASTNN_RESTRICT p, const T *FASTNN_RESTRICT grad, T *FASTNN_
    read-for-ownership) and without evicting what the next pass reads. SSE/SSE2
    only (every x86-64 CPU, either clone); elsewhere plain stores. A streamed
    kernel ends with fastnn_stream_fence, so that its results are ordered before
-   whatever the caller does next. */
-#if defined(__x86_64__) && defined(__SSE2__)
+   whatever the caller does next. FASTNN_NO_STREAM (a -D flag) compiles the
+   plain-store path only, as on other CPUs. */
+#if defined(__x86_64__) && defined(__SSE2__) && !defined(FASTNN_NO_STREAM)
 #include <emmintrin.h>
 #define FASTNN_HAVE_STREAM 1
 #else
