@@ -7,6 +7,7 @@ import pytest
 from conftest import REF_TOL, TOL, run_on_each_backend
 from reference import batchnorm_eval, batchnorm_loss, batchnorm_train, numerical_gradient
 
+import fastnn
 from fastnn import ops
 
 SHAPES = [(2, 1), (3, 5), (17, 33), (64, 128), (256, 7), (5, 2100), (31, 4099)]
@@ -272,6 +273,65 @@ def test_bn_memmap_input(backend, rng, tmp_path):
     ro = np.memmap(path, dtype=np.float32, mode="r", shape=(6, 4))
     out, _ = ops.batchnorm_forward(ro, np.ones(4, np.float32), np.zeros(4, np.float32))
     np.testing.assert_allclose(out, batchnorm_train(data, 1.0, 0.0)[0], rtol=1e-5, atol=1e-5)
+
+
+def _buffer_at(shape, dtype, offset):
+    """An uninitialised C-contiguous array starting `offset` bytes past a 64-byte boundary."""
+    nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    raw = np.empty(nbytes + 128, np.uint8)
+    start = (-raw.ctypes.data) % 64 + offset
+    return raw[start:start + nbytes].view(dtype).reshape(shape)
+
+
+# x 8 MiB: above the size (4 MiB, FASTNN_BN_STREAM_BYTES) from which the cython kernels write
+# out, x_hat and dx with streaming stores.
+STREAMED_SHAPES = {np.float32: (2048, 1024), np.float64: (1024, 1024)}
+
+
+@pytest.mark.parametrize("layout", ["fresh", "in_place", "offset", "mixed_offsets", "odd_width"])
+def test_bn_large_streamed_outputs_equal_the_same_columns_alone(dtype, rng, layout):
+    """Large outputs are streamed from each row's first 16-byte aligned element (the first
+    few and last few elements, and rows that cannot all be aligned alike, with plain stores),
+    with the same arithmetic: each feature's results equal, bit for bit, those of the same
+    columns normalised on their own (a small batch, plain stores). Layouts: fresh outputs;
+    out = x and dx = dout; outputs 4 or 8 bytes past a 64-byte boundary; out and x_hat (and dx)
+    at different offsets; 1023 features (rows not a multiple of 16 bytes)."""
+    n, d = STREAMED_SHAPES[dtype]
+    if layout == "odd_width":
+        d -= 1
+    x, gamma, beta = _inputs(rng, (n, d), dtype)
+    dout = rng.standard_normal((n, d)).astype(dtype)
+    rm, rv = rng.standard_normal(d).astype(dtype), rng.uniform(0.5, 2, d).astype(dtype)
+    cols = [0, 1, 2, 3, 5, 8, d // 2 + 1, d - 2, d - 1]
+    size = np.dtype(dtype).itemsize
+
+    def run(x, dout, rm, rv, gamma, beta, layout):
+        out = x_hat = dx = None
+        shape = x.shape
+        if layout == "in_place":
+            out, dx = x, dout
+        elif layout == "offset":
+            out, x_hat, dx = (_buffer_at(shape, dtype, size) for _ in range(3))
+        elif layout == "mixed_offsets":
+            out, x_hat, dx = (_buffer_at(shape, dtype, k * size) for k in (0, 1, 2))
+        cache = None
+        if x_hat is not None:
+            _, cache = ops.batchnorm_forward(x[:2].copy(), gamma, beta)
+            cache.x_hat = x_hat  # the forward writes x_hat into the cache's buffer
+        out, cache = ops.batchnorm_forward(x, gamma, beta, rm, rv, out=out, cache=cache)
+        assert x_hat is None or cache.x_hat is x_hat
+        dx, dgamma, dbeta = ops.batchnorm_backward(dout, cache, dx=dx)
+        return out, cache.x_hat, cache.mean, cache.inv_std, rm, rv, dx, dgamma, dbeta
+
+    with fastnn.backend("cython"):
+        small = run(x[:, cols].copy(), dout[:, cols].copy(), rm[cols].copy(), rv[cols].copy(),
+                    gamma[cols].copy(), beta[cols].copy(), "fresh")
+        large = run(x.copy(), dout.copy(), rm, rv, gamma, beta, layout)
+    names = ("out", "x_hat", "mean", "inv_std", "running_mean", "running_var", "dx", "dgamma",
+             "dbeta")
+    for name, a, b in zip(names, large, small, strict=True):
+        np.testing.assert_array_equal(a[..., cols], b, err_msg=name)
+    np.testing.assert_allclose(large[0], batchnorm_train(x, gamma, beta)[0], **REF_TOL[dtype])
 
 
 def test_bn_non_contiguous_running_stats_rejected_not_silently_lost(backend):
