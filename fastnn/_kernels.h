@@ -553,7 +553,9 @@ FASTNN_DEFINE_ADAM(double, __builtin_sqrt, fastnn_adam_f64)
 #define FASTNN_PG_MR 6
 #define FASTNN_PG_NV 4
 #define FASTNN_PG_NR (16 * FASTNN_PG_NV)
+#ifndef FASTNN_PG_KC
 #define FASTNN_PG_KC 512
+#endif
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #define FASTNN_HAVE_PACKED_GEMM 1
 #include <immintrin.h>
