@@ -64,6 +64,7 @@ def info_lines() -> list[str]:
             f"  -march=native: {'on' if build['native'] else 'off'}",
             f"  debug build (bounds checks): {'on' if build['debug_build'] else 'off'}",
             f"  source sha256: {build['source_sha256'][:16] or 'unknown'}",
+            "  large float32 matrix products: " + _products_summary(build),
         ]
     lines.append(f"numpy {np.__version__}, BLAS: {_blas_summary()}")
     lines += ["  " + p for p in _threadpools()]
@@ -78,6 +79,16 @@ def info_lines() -> list[str]:
     ]
     lines += [f"  limits {b}" for b in policy["blas"]]
     return lines
+
+
+def _products_summary(build: dict) -> str:
+    """Who computes the large float32 products of planned steps and predictions."""
+    if not build.get("packed_gemm"):
+        return "BLAS (fastnn's packed product needs AVX-512F, which this CPU lacks)"
+    if not ops.uses_packed_gemm(np.float32, ops.PACKED_MIN_N):
+        return "BLAS (FASTNN_PACKED_GEMM=0)"
+    return (f"fastnn's packed AVX-512 product, on fastnn's own threads (BLAS for "
+            f"float64, under {ops.PACKED_MIN_M} rows; FASTNN_PACKED_GEMM=0 for BLAS always)")
 
 
 def _cmd_info(args: argparse.Namespace) -> int:

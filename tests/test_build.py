@@ -146,6 +146,25 @@ def test_python_m_fastnn_info():
     assert "active backend: cython" in done.stdout
 
 
+def test_info_says_who_computes_large_products_and_the_switch_works():
+    code = """
+        import numpy as np
+        from fastnn import cli, ops
+        line = next(x for x in cli.info_lines() if "large float32 matrix products" in x)
+        a = np.ones((64, 300), np.float32)
+        op = ops.plan_matmul(a, np.ones((300, 64), np.float32), np.empty((64, 64), np.float32))
+        print(line.split(": ", 1)[1], "|", type(op).__name__)
+    """
+    on, off = _run(code), _run(code, env={"FASTNN_PACKED_GEMM": "0"})
+    assert on.returncode == 0 and off.returncode == 0, on.stderr + off.stderr
+    assert off.stdout.startswith("BLAS (FASTNN_PACKED_GEMM=0) | MatmulOp32")
+    if ops.uses_packed_gemm(np.float32, 64):
+        assert on.stdout.startswith("fastnn's packed AVX-512 product")
+        assert "PackedGemmOp" in on.stdout
+    else:
+        assert on.stdout.startswith("BLAS (fastnn's packed product needs AVX-512F")
+
+
 def test_cli_bad_command_exits_2_with_one_line():
     done = _python("-m", "fastnn", "frobnicate")
     assert done.returncode == 2

@@ -62,10 +62,12 @@ if _backends._CYTHON is not None:  # the packed product's second thread follows 
 
 
 def uses_packed_gemm(dtype, n: int) -> bool:
-    """Whether a large product of ``dtype`` with ``n`` output columns runs in fastnn's
-    packed product (float32 on a CPU with AVX-512F, unless ``FASTNN_PACKED_GEMM=0``)."""
-    return (_PACKED_GEMM and np.dtype(dtype) == _FLOAT32 and n >= PACKED_MIN_N
-            and _planning_module().packed_gemm_supported())
+    """Whether a large planned product of ``dtype`` with ``n`` output columns runs in
+    fastnn's packed product (float32 on a CPU with AVX-512F, with the compiled backend,
+    unless ``FASTNN_PACKED_GEMM=0``)."""
+    compiled = _backends._CYTHON
+    return (_PACKED_GEMM and compiled is not None and np.dtype(dtype) == _FLOAT32
+            and n >= PACKED_MIN_N and compiled.module.packed_gemm_supported())
 
 
 def can_plan() -> bool:
