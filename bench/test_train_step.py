@@ -36,9 +36,11 @@ The step's limit in ``bench/report.py`` is gemm-floor + adam-pass of the same gr
 
 Threads: the session runs everything on one thread (``bench/conftest.py``). A ``t2`` entry times
 (and warms up) inside ``threadpoolctl.threadpool_limits(limits=2)``, which raises the BLAS and
-OpenMP pools to 2, and its torch entry also under ``torch.set_num_threads(2)`` (1 again
-after). fastnn's own kernels are single-threaded unless built with ``FASTNN_OPENMP=1``; at 2
-threads it gains only through BLAS (its large products). The pools as the timing saw them are
+OpenMP pools to 2, and fastnn's thread policy to 2 (``fastnn._threads.limited(2)``, which
+``fit`` enters itself), and its torch entry also under ``torch.set_num_threads(2)`` (1 again
+after). fastnn gains at 2 threads through its large products: its packed product's own
+second thread (BLAS where that product is not used); its other kernels are single-threaded
+unless built with ``FASTNN_OPENMP=1``. The pools as the timing saw them are
 in ``extra_info["pools"]``. The host may be shared: each entry records the CPU time other
 processes used while it was timed (``others_cpu_s``, Linux), which the report turns into a
 "disturbed" flag.
@@ -199,7 +201,7 @@ def _threads(n: int, torch=None):
         assert n == 1, "threadpoolctl is needed to run at more than one thread"
         yield
         return
-    with threadpool_limits(limits=n):
+    with threadpool_limits(limits=n), fastnn._threads.limited(n):  # as fit enters it
         if torch is not None:
             torch.set_num_threads(n)
         try:

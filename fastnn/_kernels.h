@@ -841,11 +841,13 @@ static int fastnn_packed_gemm(Py_ssize_t m, Py_ssize_t k, Py_ssize_t n,
    it has a single panel of columns) and a helper thread computes one part while
    the caller computes the other. Each column and row is computed as on one
    thread, so results do not depend on the thread count. The helper is started
-   on first use and waits on a condition variable between products; one caller
-   uses it at a time (a concurrent one computes alone); a forked child starts
-   without it and makes a new one when it needs one. */
+   on first use; between products it spins a little (FASTNN_POOL_SPIN_NS), then
+   sleeps on a condition variable; one caller uses it at a time (a concurrent
+   one computes alone); a forked child starts without it and makes a new one
+   when it needs one. */
 #if FASTNN_HAVE_PACKED_GEMM
 #include <pthread.h>
+#include <time.h>
 
 static int fastnn_gemm_threads = 1;  /* set by fastnn's thread policy (1 or 2) */
 
@@ -859,33 +861,54 @@ typedef struct {
 } fastnn_pg_job;
 
 static struct {
-    pthread_mutex_t lock;           /* guards the fields below */
-    pthread_cond_t wake, finished;
-    int started, has_job, done;
+    pthread_mutex_t lock;     /* guards sleeping and the condition variable */
+    pthread_cond_t wake;
+    int started, sleeping;
+    int seq, done;            /* jobs posted, jobs finished (atomics) */
     fastnn_pg_job *job;
-} fastnn_pool = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER,
-                 PTHREAD_COND_INITIALIZER, 0, 0, 0, NULL};
+} fastnn_pool = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, 0, 0, 0, NULL};
 static pthread_mutex_t fastnn_pool_busy = PTHREAD_MUTEX_INITIALIZER;  /* one caller */
 static int fastnn_pool_atfork_set = 0;
+
+/* After a job the helper spins this long for the next one before it sleeps: a
+   training step or a prediction runs its products a few hundred microseconds apart,
+   and waking a sleeping thread costs tens of microseconds (more in a VM). It spins
+   only after a product fastnn's policy gave two threads, which it does only while
+   no other process is running on the second core. */
+#define FASTNN_POOL_SPIN_NS 300000
 
 static void fastnn_pg_run_job(fastnn_pg_job *j) {
     j->bad = fastnn_packed_gemm(j->m, j->k, j->n, j->a, j->lda, j->ta, j->b, j->ldb, j->tb,
                                 j->c, j->ldc, j->bias, j->work, j->j_lo, j->j_hi, j->ep);
 }
 
+static long long fastnn_now_ns(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (long long)t.tv_sec * 1000000000LL + t.tv_nsec;
+}
+
 static void *fastnn_pool_main(void *unused) {
     (void)unused;
-    pthread_mutex_lock(&fastnn_pool.lock);
+    /* the last job done (not posted: the first may be posted before this runs) */
+    int seen = __atomic_load_n(&fastnn_pool.done, __ATOMIC_ACQUIRE);
     for (;;) {
-        while (!fastnn_pool.has_job)
-            pthread_cond_wait(&fastnn_pool.wake, &fastnn_pool.lock);
-        fastnn_pool.has_job = 0;
-        fastnn_pg_job *job = fastnn_pool.job;
-        pthread_mutex_unlock(&fastnn_pool.lock);
-        fastnn_pg_run_job(job);
-        pthread_mutex_lock(&fastnn_pool.lock);
-        fastnn_pool.done = 1;
-        pthread_cond_signal(&fastnn_pool.finished);
+        long long until = fastnn_now_ns() + FASTNN_POOL_SPIN_NS;
+        int spins = 0;
+        while (__atomic_load_n(&fastnn_pool.seq, __ATOMIC_ACQUIRE) == seen) {
+            __builtin_ia32_pause();
+            if (++spins % 256 == 0 && fastnn_now_ns() > until) {
+                pthread_mutex_lock(&fastnn_pool.lock);
+                fastnn_pool.sleeping = 1;
+                while (__atomic_load_n(&fastnn_pool.seq, __ATOMIC_ACQUIRE) == seen)
+                    pthread_cond_wait(&fastnn_pool.wake, &fastnn_pool.lock);
+                fastnn_pool.sleeping = 0;
+                pthread_mutex_unlock(&fastnn_pool.lock);
+            }
+        }
+        seen = __atomic_load_n(&fastnn_pool.seq, __ATOMIC_ACQUIRE);
+        fastnn_pg_run_job(fastnn_pool.job);
+        __atomic_store_n(&fastnn_pool.done, seen, __ATOMIC_RELEASE);
     }
     return NULL;
 }
@@ -894,9 +917,9 @@ static void fastnn_pool_atfork_child(void) {
     /* the helper thread did not survive the fork: start afresh */
     pthread_mutex_init(&fastnn_pool.lock, NULL);
     pthread_cond_init(&fastnn_pool.wake, NULL);
-    pthread_cond_init(&fastnn_pool.finished, NULL);
     pthread_mutex_init(&fastnn_pool_busy, NULL);
-    fastnn_pool.started = fastnn_pool.has_job = fastnn_pool.done = 0;
+    fastnn_pool.started = fastnn_pool.sleeping = 0;
+    fastnn_pool.seq = fastnn_pool.done = 0;
     fastnn_pool.job = NULL;
 }
 
@@ -905,7 +928,6 @@ static void fastnn_pool_atfork_child(void) {
 static int fastnn_pool_run2(fastnn_pg_job *theirs, fastnn_pg_job *mine) {
     if (pthread_mutex_trylock(&fastnn_pool_busy) != 0)
         return 0;
-    pthread_mutex_lock(&fastnn_pool.lock);
     if (!fastnn_pool.started) {
         pthread_t thread;
         if (!fastnn_pool_atfork_set) {
@@ -913,7 +935,6 @@ static int fastnn_pool_run2(fastnn_pg_job *theirs, fastnn_pg_job *mine) {
             fastnn_pool_atfork_set = 1;
         }
         if (pthread_create(&thread, NULL, fastnn_pool_main, NULL) != 0) {
-            pthread_mutex_unlock(&fastnn_pool.lock);
             pthread_mutex_unlock(&fastnn_pool_busy);
             return 0;
         }
@@ -921,15 +942,16 @@ static int fastnn_pool_run2(fastnn_pg_job *theirs, fastnn_pg_job *mine) {
         fastnn_pool.started = 1;
     }
     fastnn_pool.job = theirs;
-    fastnn_pool.done = 0;
-    fastnn_pool.has_job = 1;
-    pthread_cond_signal(&fastnn_pool.wake);
+    int seq = fastnn_pool.seq + 1;
+    __atomic_store_n(&fastnn_pool.seq, seq, __ATOMIC_RELEASE);
+    pthread_mutex_lock(&fastnn_pool.lock);
+    if (fastnn_pool.sleeping)
+        pthread_cond_signal(&fastnn_pool.wake);
     pthread_mutex_unlock(&fastnn_pool.lock);
     fastnn_pg_run_job(mine);
-    pthread_mutex_lock(&fastnn_pool.lock);
-    while (!fastnn_pool.done)
-        pthread_cond_wait(&fastnn_pool.finished, &fastnn_pool.lock);
-    pthread_mutex_unlock(&fastnn_pool.lock);
+    /* the helper is running its part (or about to): wait for it without sleeping */
+    while (__atomic_load_n(&fastnn_pool.done, __ATOMIC_ACQUIRE) != seq)
+        __builtin_ia32_pause();
     pthread_mutex_unlock(&fastnn_pool_busy);
     return 1;
 }
