@@ -3,7 +3,6 @@ improvement (maximised by :mod:`fastnn.tune._acquisition`), in batches."""
 
 from __future__ import annotations
 
-import contextlib
 import math
 import numbers
 from collections.abc import Sequence
@@ -302,13 +301,13 @@ class Bayes(Strategy):
 
 
 def _one_blas_thread():
-    """One BLAS thread while a batch is computed, if threadpoolctl is installed.
+    """One BLAS thread while a batch is computed (fastnn's thread policy).
 
     The GP's matrices are small (tens of trials): a second BLAS thread gains nothing
-    and, while trials run on the other cores, makes a batch several times slower.
+    and, while trials run on the other cores, makes a batch several times slower. (The
+    policy's BLAS controllers are found once; a threadpoolctl.threadpool_limits block
+    looks for them every time, about 1 ms a batch.)
     """
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        return contextlib.nullcontext()
-    return threadpool_limits(1, user_api="blas")
+    from ... import _threads
+
+    return _threads.limited(1)
