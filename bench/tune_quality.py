@@ -24,6 +24,8 @@ Samplers: ``bayes`` (fastnn, ``batch_size=1``: one proposal at a time), ``bayes-
 (fastnn, ``batch_size=2``: the batches two workers run), ``tpe`` (Optuna
 ``TPESampler(multivariate=True)``), ``gp`` (Optuna ``GPSampler``), ``random`` (fastnn).
 Optuna is an optional, bench-only dependency: without it only the fastnn samplers run.
+Install ``greenlet`` beside it (``pip install optuna greenlet``): without it GPSampler
+falls back to a sequential L-BFGS-B and takes 2-3 times as long a trial.
 Every run is sequential and deterministic for its seed (first_seed .. first_seed +
 seeds - 1; ``--first-seed`` checks a finding on seeds it was not tuned on); a run of fastnn
 with ``batch_size=2`` proposes what a 2-worker study proposes.
