@@ -557,6 +557,24 @@ def test_fused_steps_are_taken_where_they_can(monkeypatch):
     assert calls == []  # a rate per step, and SGD: one step at a time
 
 
+def test_run_steps_refuses_what_would_run_past_its_buffers():
+    X, y = _data(32, 5, 3, seed=1)
+    model = fastnn.Sequential([Dense(8), ReLU(), Dense(3), Softmax()], input_dim=5, seed=0)
+    model.build(5)
+    plan = fastnn._plan.TrainPlan(model, X.astype(np.float32), y.astype(np.int64))
+    plan.step(0, 8)
+    program = plan._programs[8]
+    opt = Adam()
+    fused = opt.fused_step(model._params, model._grads)
+    scalars = (1e-3, 0.9, 0.999, 1e-8, 0.0, False, 0.0, 0.0)
+    with pytest.raises(TypeError, match="adam"):
+        program.run_steps(0, 8, 2, None, *scalars)
+    with pytest.raises(ValueError, match=r"size must be this pass's batch size \(8\); got 9"):
+        program.run_steps(0, 9, 2, fused[0], *scalars)
+    with pytest.raises(ValueError, match=r"rows 30\.\.37 of an order of 32 indices"):
+        program.run_steps(30, 8, 1, fused[0], *scalars)
+
+
 def test_fused_steps_stop_at_a_non_finite_loss_as_one_step_at_a_time(monkeypatch):
     X, y = _data(64, 5, 3, seed=8)
     outcomes = []
