@@ -194,6 +194,19 @@ def on_limit(hook) -> None:
     _hooks.append(hook)
 
 
+def _set(controller, n: int) -> None:
+    """Set a BLAS controller's thread count from whichever thread runs this. threadpoolctl
+    lets only the first thread that sets OpenBLAS's pool size change it (the others'
+    calls silently do nothing), so a fit or predict in a worker thread would run under
+    the program's BLAS setting, not fastnn's: control is handed back around each set."""
+    clear = getattr(controller, "clear_controlling_thread", None)  # where threadpoolctl has it
+    if clear is not None:
+        clear(force=True)  # fastnn's own lock orders its sets; the program's restore later
+    controller.set_num_threads(n)
+    if clear is not None:
+        clear(force=True)
+
+
 def _enter(n: int) -> None:
     global _depth, _saved
     with _lock:
@@ -202,7 +215,7 @@ def _enter(n: int) -> None:
             _saved = [(c, c.num_threads) for c in controllers]
             for c, had in _saved:
                 if n < had:  # never more threads than the program allows BLAS
-                    c.set_num_threads(n)
+                    _set(c, n)
             own = min([n, *(had for _, had in _saved)])
             for hook in _hooks:
                 hook(own)
@@ -216,7 +229,7 @@ def _leave() -> None:
         if _depth == 0:
             for c, had in _saved:
                 if c.num_threads != had:
-                    c.set_num_threads(had)
+                    _set(c, had)
             _saved = []
             for hook in _hooks:
                 hook(1)

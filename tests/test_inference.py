@@ -514,6 +514,49 @@ def test_limited_restores_the_programs_blas_setting_nested_and_across_threads():
         assert set(_blas_threads()) == {2}
 
 
+def test_fastnns_blas_limit_holds_in_every_thread_and_is_restored_by_any():
+    # threadpoolctl lets one thread at a time set OpenBLAS's pool size; fastnn's limit
+    # must hold in a worker thread too, and a block a worker leaves last must restore
+    controller = ThreadpoolController()
+    with controller.limit(limits=2, user_api="blas"):
+        seen = []
+        worker = threading.Thread(target=lambda: seen.append(_enter_and_read()))
+        worker.start()
+        worker.join()
+        assert seen == [[1]] and set(_blas_threads()) == {2}
+        entered, leave = threading.Event(), threading.Event()
+
+        def hold():
+            with _threads.limited(1):
+                entered.set()
+                leave.wait(10)
+
+        worker = threading.Thread(target=hold)
+        with _threads.limited(1):  # the main thread enters first, the worker leaves last
+            worker.start()
+            assert entered.wait(10)
+        assert set(_blas_threads()) == {1}  # the worker's block still holds
+        leave.set()
+        worker.join()
+        assert set(_blas_threads()) == {2}
+
+
+def test_a_blas_product_in_a_worker_thread_predicts_as_in_the_main_thread():
+    # 7 rows: under the packed product's 8, the first Dense goes to BLAS, whose sums
+    # round differently on one thread and on two
+    rng = np.random.default_rng(4)
+    model = Sequential(L.mlp([256], 10), input_dim=784, dtype="float32", seed=4)
+    X = rng.standard_normal((7, 784)).astype(np.float32)
+    controller = ThreadpoolController()
+    with controller.limit(limits=2, user_api="blas"):
+        expected = model.predict_proba(X)
+        got = {}
+        worker = threading.Thread(target=lambda: got.update(p=model.predict_proba(X)))
+        worker.start()
+        worker.join()
+    np.testing.assert_array_equal(got["p"], expected)
+
+
 def _enter_and_read():
     with _threads.limited(1):
         return sorted(set(_blas_threads()))
