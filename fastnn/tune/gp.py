@@ -87,6 +87,11 @@ def _categorical_mask(categorical, d: int) -> np.ndarray:
 def _sq_dists(X1: np.ndarray, X2: np.ndarray, inv_ell2: np.ndarray,
               cat: np.ndarray) -> np.ndarray:
     """r² = Σ_d δ_d / ℓ_d², shape (len(X1), len(X2)) (``cat``: the categorical dims)."""
+    if not cat.any():  # no categories: no column selection (a copy each)
+        w = np.sqrt(inv_ell2)
+        A, B = X1 * w, X2 * w
+        d2 = (A * A).sum(1)[:, None] + (B * B).sum(1)[None, :] - 2.0 * (A @ B.T)
+        return np.maximum(d2, 0.0)
     cont = ~cat
     w = np.sqrt(inv_ell2[cont])
     A = X1[:, cont] * w
@@ -104,6 +109,13 @@ def _pair_deltas(X: np.ndarray, cat: np.ndarray) -> np.ndarray:
     diffs = X[:, None, :] - X[None, :, :]
     deltas = np.where(cat, (diffs != 0).astype(np.float64), diffs * diffs)
     return np.ascontiguousarray(np.moveaxis(deltas, 2, 0)).reshape(X.shape[1], -1)
+
+
+def _plus_diagonal(K: np.ndarray, value: float) -> np.ndarray:
+    """A copy of the square K with ``value`` added to its diagonal."""
+    out = K.copy()
+    out.flat[::len(K) + 1] += value
+    return out
 
 
 def _matern_from_r2(r2: np.ndarray, variance: float) -> np.ndarray:
@@ -142,10 +154,14 @@ def matern52(X1, X2, length_scale, variance: float = 1.0, categorical=None) -> n
 
 def _cholesky(K: np.ndarray) -> np.ndarray:
     """Lower Cholesky factor of K, adding a growing jitter to the diagonal if needed."""
-    scale = float(np.mean(np.diag(K))) or 1.0
-    for jitter in _JITTERS:
+    try:
+        return np.linalg.cholesky(K)  # no jitter: the common case, without a copy of K
+    except np.linalg.LinAlgError:
+        pass
+    scale = float(np.trace(K)) / len(K) or 1.0
+    for jitter in _JITTERS[1:]:
         try:
-            return np.linalg.cholesky(K + (jitter * scale) * np.eye(len(K)))
+            return np.linalg.cholesky(_plus_diagonal(K, jitter * scale))
         except np.linalg.LinAlgError:
             continue
     raise np.linalg.LinAlgError("kernel matrix is not positive definite even with jitter "
@@ -204,6 +220,10 @@ def _log_h(z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     so log h stays finite and accurate where h itself underflows (z < -38).
     """
     z = np.asarray(z, dtype=np.float64)
+    if z.min(initial=0.0) >= -1.0:  # all near (the common case of an ascent): no masks
+        cdf = _norm_cdf(z)
+        h = z * cdf + np.exp(-0.5 * z * z) / math.sqrt(2.0 * math.pi)
+        return np.log(h), cdf / h
     log_h = np.empty_like(z)
     dlog = np.empty_like(z)
     near = z >= -1.0
@@ -568,7 +588,9 @@ class GaussianProcess:
     def _lml_and_grad(self, theta: np.ndarray, D: np.ndarray, ys: np.ndarray):
         """log p(ys | X) and its gradient with respect to the log hyperparameters."""
         n_ell = len(theta) - (1 if self.noise is not None else 2)
-        inv_ell2 = np.broadcast_to(np.exp(-2.0 * theta[:n_ell]), (len(D),))
+        inv_ell2 = np.exp(-2.0 * theta[:n_ell])
+        if n_ell != len(D):
+            inv_ell2 = np.full(len(D), inv_ell2[0])
         variance = math.exp(theta[n_ell])
         noise = self.noise if self.noise is not None else math.exp(theta[n_ell + 1])
         n = len(ys)
@@ -577,7 +599,7 @@ class GaussianProcess:
         e = np.exp(-_SQRT5 * r)
         K0 = variance * (1.0 + _SQRT5 * r + (5.0 / 3.0) * r2) * e
         try:
-            L = _cholesky(K0 + noise * np.eye(n))
+            L = _cholesky(_plus_diagonal(K0, noise))
         except np.linalg.LinAlgError:
             return -np.inf, None
         L_inv = np.linalg.inv(L)
@@ -624,7 +646,7 @@ class GaussianProcess:
 
     def _condition(self, X: np.ndarray, ys: np.ndarray) -> None:
         """Store the data (standardised targets) and the factors the predictions need."""
-        K = self._kernel(X, X) + self.noise_ * np.eye(len(X))
+        K = _plus_diagonal(self._kernel(X, X), self.noise_)
         self._L_inv = np.linalg.inv(_cholesky(K))
         self._beta = self._L_inv @ ys  # whitened targets: alpha = L⁻ᵀ beta
         self._alpha = self._L_inv.T @ self._beta
@@ -673,7 +695,12 @@ class GaussianProcess:
         self._check_fitted()
         X = np.atleast_2d(np.asarray(X, dtype=np.float64))
         r2 = _sq_dists(X, self.X_train_, 1.0 / self.length_scale_ ** 2, self._cat)
-        Ks = _matern_from_r2(r2, self.variance_)
+        if return_grad:  # r and exp(-√5 r) serve the gradients too
+            r = np.sqrt(r2)
+            e = np.exp(-_SQRT5 * r)
+            Ks = self.variance_ * (1.0 + _SQRT5 * r + (5.0 / 3.0) * r2) * e
+        else:
+            Ks = _matern_from_r2(r2, self.variance_)
         mean = Ks @ self._alpha * self.y_std_ + self.y_mean_
         if not (return_std or return_grad):
             return mean
@@ -682,22 +709,24 @@ class GaussianProcess:
         std = np.sqrt(var)
         if not return_grad:
             return mean, std * self.y_std_
-        dmean, dvar = self._grads(X, r2, v @ self._L_inv)
+        dmean, dvar = self._grads(X, r, e, v @ self._L_inv)
         dstd = dvar / (2.0 * np.maximum(std, 1e-150))[:, None]
         return mean, std * self.y_std_, dmean * self.y_std_, dstd * self.y_std_
 
-    def _grads(self, X: np.ndarray, r2: np.ndarray, w: np.ndarray):
-        """d mean/dx and d var/dx (standardised units) from r² and w = K⁻¹ k(X_train, x).
+    def _grads(self, X: np.ndarray, r: np.ndarray, e: np.ndarray, w: np.ndarray):
+        """d mean/dx and d var/dx (standardised units) from r, exp(-√5 r) and
+        w = K⁻¹ k(X_train, x).
 
-        dk/dx_d = -(5/3) σ² (1 + √5 r) exp(-√5 r) (x_d - x'_d) / ℓ_d² on ordered dims.
+        dk/dx_d = -(5/3) σ² (1 + √5 r) exp(-√5 r) (x_d - x'_d) / ℓ_d² on ordered dims, so
+        a weighted sum Σ_n c_n dk_n/dx_d is ``s_d (x_d Σ_n c_n - Σ_n c_n x'_nd)`` (two
+        products, no (m, n, d) array of differences); mean and variance in one go.
         """
-        r = np.sqrt(r2)
-        coeff = -(5.0 / 3.0) * self.variance_ * (1.0 + _SQRT5 * r) * np.exp(-_SQRT5 * r)
+        m = len(X)
+        coeff = -(5.0 / 3.0) * self.variance_ * (1.0 + _SQRT5 * r) * e
+        C = np.concatenate([coeff * self._alpha, -2.0 * coeff * w])  # (2m, n)
         scale = np.where(self._cat, 0.0, 1.0 / self.length_scale_ ** 2)
-        diff = (X[:, None, :] - self.X_train_[None, :, :]) * scale  # (m, n, d)
-        dmean = np.einsum("mn,mnd->md", coeff * self._alpha[None, :], diff)
-        dvar = -2.0 * np.einsum("mn,mnd->md", coeff * w, diff)
-        return dmean, dvar
+        G = (np.concatenate([X, X]) * C.sum(1)[:, None] - C @ self.X_train_) * scale
+        return G[:m], G[m:]
 
     def condition(self, X_new, y_new) -> GaussianProcess:
         """A copy with the same hyperparameters and standardisation, conditioned on the

@@ -103,6 +103,7 @@ class Bayes(Strategy):
         self.candidates = _checks.integer("candidates", candidates, minimum=10)
         self._batches: dict[int, tuple] = {}
         self._fits: dict[int, tuple] = {}
+        self._units: dict[int, tuple] = {}  # trial number -> (params, unit point)
         self._design = None
         self._last_fit = None
 
@@ -111,6 +112,7 @@ class Bayes(Strategy):
         self._fits.clear()
         self._design = None
         self._last_fit = None
+        self._units.clear()
         self._categorical = np.array([isinstance(d, Choice) for _, d in self._dims], dtype=bool)
         self._integer = np.array([isinstance(d, IntUniform | IntLogUniform) for _, d in self._dims],
                                  dtype=bool)
@@ -170,7 +172,7 @@ class Bayes(Strategy):
         pruned trials take the worst score."""
         rows, scores = [], []
         for t in done:
-            u = self._unit_point(t.params)
+            u = self._cached_unit_point(t)
             if u is not None:
                 rows.append(u)
                 scores.append(_score(t))
@@ -180,6 +182,16 @@ class Bayes(Strategy):
         worst = min(valid)
         y = np.array([worst if s is None else s for s in scores], dtype=np.float64)
         return np.array(rows), power_warp(y)
+
+    def _cached_unit_point(self, trial) -> np.ndarray | None:
+        """:meth:`_unit_point` of a trial's params, remembered by trial number (and
+        recomputed if that number comes with other params)."""
+        cached = self._units.get(trial.number)
+        if cached is not None and cached[0] == trial.params:
+            return cached[1]
+        u = self._unit_point(trial.params)
+        self._units[trial.number] = (dict(trial.params), u)
+        return u
 
     def _suggest(self, X: np.ndarray, y: np.ndarray, rng: np.random.Generator,
                  start: int, done: list) -> np.ndarray:
