@@ -426,15 +426,18 @@ def test_bayes_refits_every_batch_early_then_every_tenth():
     s = Bayes(n_initial=10, batch_size=1)
     s.bind(cube(2), 0)
     points = [s._refit_point(n) for n in range(10, 70)]
-    assert points[:30] == list(range(10, 40))  # below 40 trials: every batch
-    assert sorted(set(points[30:])) == [40, 44, 48, 52, 57, 62, 68]  # then gaps of n // 10
+    assert points[:10] == list(range(10, 20))  # below 20 trials: every batch
+    # then gaps of n // 10: 2 from 20, 3 from 30, 4 from 40 (42 + 4 = 46, ...)
+    assert sorted(set(points[10:])) == [20, 22, 24, 26, 28, 30, 33, 36, 39, 42, 46, 50, 55,
+                                        60, 66]
     b = Bayes(n_initial=5, batch_size=4)
     b.bind(cube(2), 0)
     assert all((b._refit_point(n) - 5) % 4 == 0 for n in range(5, 200, 4))
 
 
 def test_bayes_resume_past_the_refit_schedule_proposes_the_same():
-    # trials 40+ reuse hyperparameters fitted at an earlier refit point: a fresh instance,
+    # from 20 trials on batches reuse hyperparameters fitted at an earlier refit point
+    # (batch 44's come from 42, batch 40's from 38): a fresh instance,
     # which has none cached, must recompute them from the history alone
     space = {"x0": Uniform(0.0, 1.0), "w": IntUniform(1, 6), "act": Choice(["a", "b", "c"])}
 
@@ -444,8 +447,8 @@ def test_bayes_resume_past_the_refit_schedule_proposes_the_same():
     history = simulate(Bayes(n_initial=6, batch_size=2), space, objective, 48, seed=4)
     fresh = Bayes(n_initial=6, batch_size=2)
     fresh.bind(space, 4)
-    assert fresh._refit_point(46) < 46
-    for number in (47, 46, 41):
+    assert fresh._refit_point(44) == 42 and fresh._refit_point(40) == 38
+    for number in (45, 44, 41):
         assert fresh.propose(number, history) == history[number].params
 
 

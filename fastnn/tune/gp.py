@@ -344,15 +344,30 @@ def power_warp(y) -> np.ndarray:
         return y.copy()
     x = (y - y.mean()) / sd
     log_jac = float((np.sign(x) * np.log1p(np.abs(x))).sum())
-    best, best_t = -np.inf, x
-    for lam in _LAMBDAS:
-        t = yeo_johnson(x, lam)
-        var = float(t.var())
-        if var > 0:
-            ll = -0.5 * len(x) * math.log(var) + (lam - 1.0) * log_jac
-            if ll > best:
-                best, best_t = ll, t
+    T = _yeo_johnson_grid(x, _LAMBDAS)  # every λ of the grid at once: one row each
+    var = T.var(axis=1)
+    ll = np.full(len(_LAMBDAS), -np.inf)
+    ok = var > 0
+    ll[ok] = -0.5 * len(x) * np.log(var[ok]) + (_LAMBDAS[ok] - 1.0) * log_jac
+    if not np.isfinite(ll).any():
+        return (x - x.mean()) / x.std()
+    best_t = T[int(np.argmax(ll))]  # the first of equals, the smallest λ
     return (best_t - best_t.mean()) / best_t.std()
+
+
+def _yeo_johnson_grid(x: np.ndarray, lams: np.ndarray) -> np.ndarray:
+    """:func:`yeo_johnson` of ``x`` at each λ in ``lams`` (all >= 1 > 0), shape
+    (len(lams), len(x)), the same arithmetic as one λ at a time."""
+    pos = x >= 0
+    out = np.empty((len(lams), len(x)))
+    lp = np.log1p(x[pos])
+    out[:, pos] = np.expm1(lams[:, None] * lp) / lams[:, None]
+    ln = np.log1p(-x[~pos])
+    c = 2.0 - lams
+    two = np.abs(c) < 1e-12
+    safe = np.where(two, 1.0, c)[:, None]
+    out[:, ~pos] = np.where(two[:, None], -ln, -np.expm1(safe * ln) / safe)
+    return out
 
 
 # ---------------------------------------------------------------------------- L-BFGS
@@ -513,7 +528,7 @@ class GaussianProcess:
         # A few iterations from every start, then the most promising one to convergence.
         best_z, best_f = None, np.inf
         for theta0 in self._starts(n_ell, prior):
-            z, f = _lbfgs(objective, _to_z(theta0, lo, hi), max_iter=8)
+            z, f = _lbfgs(objective, _to_z(theta0, lo, hi), max_iter=5)
             if f < best_f:
                 best_z, best_f = z, f
         if best_z is None:
