@@ -133,7 +133,7 @@ def _jax_training(widths, batch, X, y):
     jnp = jax.numpy
     key = jax.random.PRNGKey(0)
     params, stats = [], []
-    for fan_in, fan_out in zip(widths[:-1], widths[1:]):
+    for fan_in, fan_out in zip(widths[:-1], widths[1:], strict=True):
         key, sub = jax.random.split(key)
         layer = {"W": jax.random.normal(sub, (fan_in, fan_out), jnp.float32)
                  * jnp.sqrt(2.0 / fan_in), "b": jnp.zeros(fan_out, jnp.float32)}
@@ -147,7 +147,7 @@ def _jax_training(widths, batch, X, y):
 
     def loss_fn(params, stats, xb, yb):
         h, new_stats = xb, []
-        for layer, (mean_run, var_run) in zip(params[:-1], stats):
+        for layer, (mean_run, var_run) in zip(params[:-1], stats, strict=True):
             z = h @ layer["W"] + layer["b"]
             mean, var = z.mean(axis=0), z.var(axis=0)
             z = (z - mean) * jax.lax.rsqrt(var + 1e-5) * layer["gamma"] + layer["beta"]

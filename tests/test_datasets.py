@@ -305,7 +305,8 @@ def test_split_bad_arrays(X, y, error, message):
 
 
 @pytest.mark.parametrize("kwargs, error, message", [
-    ({"seed": "a"}, TypeError, "seed must be None, an integer >= 0 or a numpy Generator; got 'a' \\(str\\)"),
+    ({"seed": "a"}, TypeError,
+     "seed must be None, an integer >= 0 or a numpy Generator; got 'a' \\(str\\)"),
     ({"seed": -1}, ValueError, "seed must be an integer >= 0; got -1"),
     ({"seed": 1.5}, TypeError, r"seed must be .* got 1.5 \(float\)"),
     ({"stratify": "yes"}, TypeError, "stratify must be True or False; got 'yes'"),
@@ -391,8 +392,10 @@ def test_blobs_deterministic_with_seed():
 
 @pytest.mark.parametrize("fn, kwargs, error, message", [
     (make_spirals, {"n_samples": 0}, ValueError, "n_samples must be an integer >= 1; got 0"),
-    (make_spirals, {"n_samples": 10.0}, TypeError, r"n_samples must be an integer >= 1; got 10.0 \(float\)"),
-    (make_spirals, {"n_samples": True}, TypeError, r"n_samples must be an integer >= 1; got True \(bool\)"),
+    (make_spirals, {"n_samples": 10.0}, TypeError,
+     r"n_samples must be an integer >= 1; got 10.0 \(float\)"),
+    (make_spirals, {"n_samples": True}, TypeError,
+     r"n_samples must be an integer >= 1; got True \(bool\)"),
     (make_spirals, {"n_classes": 1}, ValueError, "n_classes must be an integer >= 2; got 1"),
     (make_spirals, {"n_samples": 2, "n_classes": 3}, ValueError,
      r"n_samples must be at least n_classes \(3\) .* got 2"),
