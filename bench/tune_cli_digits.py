@@ -84,6 +84,8 @@ def main(argv=None) -> int:
     seconds = statistics.median(r["total_s"] for r in rows)
     bar = "|" if args.markdown else ""
     print(f"\n{bar} seeds {bar} median test accuracy {bar} median tune + train {bar}")
+    if args.markdown:  # the header's separator row, without which it is not a table
+        print("|---|---|---|")
     print(f"{bar} {args.first_seed}..{args.first_seed + args.seeds - 1} {bar} "
           f"{100 * accuracy:.2f}% {bar} {seconds:.0f} s {bar}")
     holds = accuracy >= 0.98 and max(r["total_s"] for r in rows) < 300
