@@ -557,6 +557,28 @@ def test_fused_steps_are_taken_where_they_can(monkeypatch):
     assert calls == []  # a rate per step, and SGD: one step at a time
 
 
+def test_fused_runs_stop_where_the_batch_size_changes(monkeypatch):
+    X, y = _data(107, 5, 3, seed=4)  # batches of 16 and a last one of 11
+    calls = []
+    real = fastnn._plan.TrainPlan.steps
+
+    def spy(self, start, size, count, *args):
+        calls.append((start, size, count))
+        return real(self, start, size, count, *args)
+
+    monkeypatch.setattr(fastnn._plan.TrainPlan, "steps", spy)
+    model = fastnn.Sequential([Dense(8), ReLU(), Dense(3), Softmax()], input_dim=5, seed=0)
+    model.fit(X, y, epochs=2, batch_size=16, verbose=0, optimizer=Adam(0.01))
+    assert calls == [(0, 16, 6), (96, 11, 1)] * 2
+
+
+@pytest.mark.parametrize(("sizes", "ends"), [
+    ([], []), ([8], [1]), ([8, 8, 8], [3, 3, 3]), ([8, 8, 3], [2, 2, 3]),
+    ([8, 3, 8, 8], [1, 2, 4, 4]), ((5,), [1])])
+def test_run_ends_mark_each_run_of_equal_batch_sizes(sizes, ends):
+    assert fastnn.trainer._run_ends(sizes) == ends
+
+
 def test_run_steps_refuses_what_would_run_past_its_buffers():
     X, y = _data(32, 5, 3, seed=1)
     model = fastnn.Sequential([Dense(8), ReLU(), Dense(3), Softmax()], input_dim=5, seed=0)
