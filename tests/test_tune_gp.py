@@ -519,3 +519,57 @@ def test_power_warp_leaves_a_tail_of_good_values_alone():
     # the peak the search climbs, so the warp is the identity (after standardising)
     y = np.exp(np.random.default_rng(15).random(40) * 6)
     np.testing.assert_allclose(power_warp(y), (y - y.mean()) / y.std(), rtol=1e-12)
+
+
+# ---------------------------------------------------------------------------- edge cases
+
+def test_log_expected_improvement_of_scalars_equals_the_array_form():
+    # a 0-d gain went through frompyfunc, which returns a Python float for it
+    for mean, std in ((0.5, 1.0), (-3.0, 1.0), (0.2, 0.0)):
+        scalar = log_expected_improvement(mean, std, 0.0)
+        array = log_expected_improvement([mean], [std], 0.0)[0]
+        assert float(scalar) == float(array)
+        assert float(expected_improvement(mean, std, 0.0)) == float(
+            expected_improvement([mean], [std], 0.0)[0])
+
+
+def test_warp_grid_rows_are_the_one_lambda_transforms():
+    from fastnn.tune.gp import _LAMBDAS, _yeo_johnson_grid
+    x = np.array([-3.0, -1.0, -1e-9, 0.0, 1e-9, 0.5, 4.0])
+    grid = _yeo_johnson_grid(x, _LAMBDAS)
+    for lam, row in zip(_LAMBDAS, grid, strict=True):
+        np.testing.assert_array_equal(row, yeo_johnson(x, lam))  # the same arithmetic
+    assert 2.0 in _LAMBDAS  # the λ = 2 branch of the negative side is covered
+
+
+def test_cholesky_adds_jitter_to_a_singular_kernel_and_refuses_an_indefinite_one():
+    from fastnn.tune.gp import _cholesky
+    v = np.array([1.0, 2.0, 3.0])
+    K = np.outer(v, v)  # rank one: positive semi-definite, singular
+    with pytest.raises(np.linalg.LinAlgError):
+        np.linalg.cholesky(K)
+    L = _cholesky(K)
+    err = np.abs(L @ L.T - K).max()
+    assert 0 < err <= 1e-4 * np.trace(K) / 3 * 1.0001  # within the largest jitter's size
+    with pytest.raises(np.linalg.LinAlgError, match="not positive definite"):
+        _cholesky(np.diag([1.0, -1.0]))
+
+
+def test_posterior_gradients_with_a_categorical_dimension_match_finite_differences():
+    rng = np.random.default_rng(12)
+    X = rng.random((18, 3))
+    X[:, 1] = (rng.integers(0, 3, 18) + 0.5) / 3  # a choice of three: cell centres
+    y = np.cos(3 * X[:, 0]) + (X[:, 1] > 0.5) - X[:, 2] ** 2
+    gp = GaussianProcess(seed=0, categorical=[False, True, False]).fit(X, y)
+    U = rng.random((4, 3))
+    U[:, 1] = X[:4, 1]
+    _, _, dmean, dstd = gp.predict(U, return_grad=True)
+    np.testing.assert_array_equal(dmean[:, 1], 0.0)
+    np.testing.assert_array_equal(dstd[:, 1], 0.0)
+    h = 1e-6
+    for j in (0, 2):
+        e = np.zeros(3)
+        e[j] = h
+        (mp, sp), (mm, sm) = gp.predict(U + e), gp.predict(U - e)
+        np.testing.assert_allclose(dmean[:, j], (mp - mm) / (2 * h), rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(dstd[:, j], (sp - sm) / (2 * h), rtol=1e-5, atol=1e-7)

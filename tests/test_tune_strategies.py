@@ -638,3 +638,23 @@ def test_integer_arguments_use_the_shared_check(make, error, message):
     # fastnn._checks.integer: TypeError for a non-integer (bool included), ValueError out of range
     with pytest.raises(error, match=message):
         make()
+
+
+def test_bayes_unit_points_follow_a_trials_params_not_its_number():
+    # the unit points are remembered per trial number; the same number with other
+    # params (a resumed study edited by hand, a True where 1 was) is converted anew
+    space = {"w": IntUniform(1, 6), "c": Choice([1, True, "x"])}
+    s = Bayes(n_initial=2, batch_size=1)
+    s.bind(space, 0)
+    first = [Finished(0, {"w": 1, "c": 1}, 1.0), Finished(1, {"w": 6, "c": "x"}, 0.5)]
+    X1, _ = s._data(first)
+    again = [Finished(0, {"w": 3, "c": True}, 1.0), first[1]]
+    X2, _ = s._data(again)
+    fresh = Bayes(n_initial=2, batch_size=1)
+    fresh.bind(space, 0)
+    np.testing.assert_array_equal(X2, fresh._data(again)[0])
+    assert not np.array_equal(X1[0], X2[0])
+    # a bool is no integer: that trial does not fit the space and is left out, as for
+    # an instance that never saw the trial before
+    bad = [Finished(0, {"w": True, "c": 1}, 1.0), first[1], Finished(2, {"w": 2, "c": 1}, 0.2)]
+    assert len(s._data(bad)[0]) == len(fresh._data(bad)[0]) == 2

@@ -181,7 +181,8 @@ _STD_TINY = 1e-100
 
 def _norm_cdf(z: np.ndarray) -> np.ndarray:
     # math.erfc keeps full relative precision far in the tail, which a polynomial fit does not.
-    return 0.5 * _erfc(-z / math.sqrt(2.0)).astype(np.float64)
+    # (asarray: for a 0-d z, frompyfunc returns a Python float, not an array)
+    return 0.5 * np.asarray(_erfc(-z / math.sqrt(2.0)), dtype=np.float64)
 
 
 def expected_improvement(mean, std, best: float, xi: float = 0.01) -> np.ndarray:

@@ -31,11 +31,12 @@ _REFIT_ALWAYS = 20  # below this many trials every batch refits the hyperparamet
 _STARTS = 6  # candidates refined by the gradient ascent of log EI
 _ASCENT_STEPS = 20
 # Refits every batch up to 40 trials (not 20), 30 ascent steps (not 20) and 8 iterations
-# from each start of a fit (not 5) took 9-11 ms a trial at 60 trials, against 5.5-6.8 ms,
-# and converged about as far: median regret over seeds 0-29 at 30 and 60 trials, one at a
-# time, Branin 0.0016/2.1e-7 -> 0.0020/1.2e-7, Hartmann-6 0.19/2.0e-4 -> 0.17/5.8e-4,
-# the mixed problem 9.3e-4/5.0e-7 -> 1.4e-3/5.9e-7, the digits 0.030/0.028 -> 0.030/0.027
-# (in batches of 2 the same picture); every one still below GPSampler's.
+# from each start of a fit (not 5) took 9-11 ms a trial at 60 trials, against 5.5-7.2 ms
+# one at a time (4.7-5.8 in batches of 2). The median regrets over seeds 0-29 at 30 and 60
+# trials moved both ways, one at a time Branin 0.0016/2.1e-7 -> 0.0020/1.2e-7, Hartmann-6
+# 0.19/2.0e-4 -> 0.17/5.8e-4, the mixed problem 9.3e-4/5.0e-7 -> 1.4e-3/5.9e-7, the digits
+# 0.030/0.028 -> 0.030/0.027 (in batches of 2 alike), and every one stayed below
+# GPSampler's.
 _INTEGER_STEPS = np.array([-0.1, -0.03, -0.01, 0.01, 0.03, 0.1])  # to an integer's neighbours
 # The smallest noise variance the fit may choose (standardised units). Near an optimum the
 # scores differ by far less than the GP's default floor of 1e-6 (a standard deviation of
@@ -192,11 +193,13 @@ class Bayes(Strategy):
     def _cached_unit_point(self, trial) -> np.ndarray | None:
         """:meth:`_unit_point` of a trial's params, remembered by trial number (and
         recomputed if that number comes with other params)."""
+        key = _typed(trial.params)
         cached = self._units.get(trial.number)
-        if cached is not None and cached[0] == trial.params:
+        if key is not None and cached is not None and _same(cached[0], key):
             return cached[1]
         u = self._unit_point(trial.params)
-        self._units[trial.number] = (dict(trial.params), u)
+        if key is not None:
+            self._units[trial.number] = (key, u)
         return u
 
     def _suggest(self, X: np.ndarray, y: np.ndarray, rng: np.random.Generator,
@@ -316,6 +319,22 @@ class Bayes(Strategy):
     def _options(self) -> dict:
         return {"n_initial": self.n_initial, "batch_size": self.batch_size, "xi": self.xi,
                 "candidates": self.candidates}
+
+
+def _typed(params) -> tuple | None:
+    """``params`` as a comparable key that tells 1, 1.0 and True apart (the unit
+    point does: an option True is not the option 1, a bool is no integer)."""
+    try:
+        return tuple(sorted((k, type(v).__name__, v) for k, v in params.items()))
+    except (AttributeError, TypeError):  # not a dict, or keys that do not sort
+        return None
+
+
+def _same(a: tuple, b: tuple) -> bool:
+    try:
+        return bool(a == b)
+    except (TypeError, ValueError):  # values whose == is not a bool (arrays as options)
+        return False
 
 
 def _one_blas_thread():
