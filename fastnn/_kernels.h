@@ -542,7 +542,8 @@ FASTNN_DEFINE_ADAM(double, __builtin_sqrt, fastnn_adam_f64)
    (a transposed b through 16x16 register transposes); op(a) is not packed: the
    micro-kernel broadcasts its entries from where they lie (a row-major a row by
    row, a transposed one from its columns, six adjacent floats), so the only
-   copy is of b. The micro-kernel keeps a 6 x 64 block of c in 24 zmm registers
+   copy is of b, and none when b is row-major and its columns fill whole panels
+   (the kernel then reads each step's 64 columns from b's row). The micro-kernel keeps a 6 x 64 block of c in 24 zmm registers
    over the KC steps (one 64-float panel row and six broadcasts per step).
    Sums are in float32, in order of the inner index within a block of KC, as
    BLAS does. Rows past the last multiple of 6 go through a zero-padded copy of
@@ -555,6 +556,9 @@ FASTNN_DEFINE_ADAM(double, __builtin_sqrt, fastnn_adam_f64)
 #define FASTNN_PG_NR (16 * FASTNN_PG_NV)
 #ifndef FASTNN_PG_KC
 #define FASTNN_PG_KC 512
+#endif
+#ifndef FASTNN_PG_INPLACE
+#define FASTNN_PG_INPLACE 1  /* 0: always pack b (for comparisons) */
 #endif
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #define FASTNN_HAVE_PACKED_GEMM 1
@@ -674,7 +678,8 @@ FASTNN_AVX512 static void fastnn_pg_pack_b(const float *b, Py_ssize_t ldb, int t
    the others add to c. The last applies ep (columns from ep_j) if given. */
 #define FASTNN_DEFINE_PG_KERNEL(NAME, AT)                                        \
 FASTNN_AVX512 static int NAME(Py_ssize_t kc, const float *a, Py_ssize_t lda,    \
-                              const float *bp, float *c, Py_ssize_t ldc,         \
+                              const float *bp, Py_ssize_t ldbp,                  \
+                              float *c, Py_ssize_t ldc,                          \
                               const float *init, int accumulate, int h,          \
                               Py_ssize_t w, const fastnn_pg_epi *ep,             \
                               Py_ssize_t ep_j) {                                 \
@@ -687,11 +692,11 @@ FASTNN_AVX512 static int NAME(Py_ssize_t kc, const float *a, Py_ssize_t lda,    
                    : _mm512_setzero_ps();                                        \
         for (int r = 0; r < FASTNN_PG_MR; r++) acc[r][v] = z;                    \
     }                                                                            \
-    for (Py_ssize_t p = 0; p < kc; p++) {                                        \
+    for (Py_ssize_t p = 0; p < kc; p++) {  /* panel rows ldbp apart, all whole */ \
         __m512 bv[FASTNN_PG_NV];                                                 \
         _Pragma("GCC unroll 4")                                                  \
         for (int v = 0; v < FASTNN_PG_NV; v++)                                   \
-            bv[v] = _mm512_load_ps(bp + 16 * v);                                 \
+            bv[v] = _mm512_loadu_ps(bp + 16 * v);                                \
         _Pragma("GCC unroll 8")                                                  \
         for (int r = 0; r < FASTNN_PG_MR; r++) {                                 \
             __m512 x = _mm512_set1_ps(AT);                                       \
@@ -699,7 +704,7 @@ FASTNN_AVX512 static int NAME(Py_ssize_t kc, const float *a, Py_ssize_t lda,    
             for (int v = 0; v < FASTNN_PG_NV; v++)                               \
                 acc[r][v] = _mm512_fmadd_ps(x, bv[v], acc[r][v]);                \
         }                                                                        \
-        bp += FASTNN_PG_NR;                                                      \
+        bp += ldbp;                                                              \
     }                                                                            \
     if (accumulate)                                                              \
         for (int r = 0; r < h; r++)                                              \
@@ -772,10 +777,18 @@ static int fastnn_packed_gemm(Py_ssize_t m, Py_ssize_t k, Py_ssize_t n,
     if (ncols <= 0 || m <= 0) return 0;
     float *bp = (float *)(((uintptr_t)work + 63) & ~(uintptr_t)63);
     Py_ssize_t panels = (ncols + FASTNN_PG_NR - 1) / FASTNN_PG_NR;
+    /* A row-major b whose columns fill whole panels is read where it lies (each
+       step's 64 columns are adjacent there too), not copied: the copy cost as much as
+       a tenth of the product at 32 rows (784 x 256 weights), and the product read
+       from b itself was no slower at any row count measured (8 to 1024). A last
+       partial panel would need masked loads in the inner loop, which Zen 4 runs at
+       a third of the speed: such a b is packed as before. */
+    int inplace = FASTNN_PG_INPLACE && !tb && ncols % FASTNN_PG_NR == 0;
     for (Py_ssize_t p0 = 0; p0 < k; p0 += FASTNN_PG_KC) {
         Py_ssize_t kc = k - p0 < FASTNN_PG_KC ? k - p0 : FASTNN_PG_KC;
         float *pad = bp + kc * FASTNN_PG_NR * panels;
-        fastnn_pg_pack_b(b, ldb, tb, p0, kc, j_lo, ncols, bp);
+        if (!inplace)
+            fastnn_pg_pack_b(b, ldb, tb, p0, kc, j_lo, ncols, bp);
         for (Py_ssize_t i0 = 0; i0 < m; i0 += FASTNN_PG_MR) {
             int h = m - i0 < FASTNN_PG_MR ? (int)(m - i0) : FASTNN_PG_MR;
             const float *ab;
@@ -806,14 +819,14 @@ static int fastnn_packed_gemm(Py_ssize_t m, Py_ssize_t k, Py_ssize_t n,
                 Py_ssize_t w = j_hi - j < FASTNN_PG_NR ? j_hi - j : FASTNN_PG_NR;
                 const float *init = bias != NULL ? bias + j : NULL;
                 const fastnn_pg_epi *last = p0 + kc >= k ? ep : NULL;
+                const float *panel = inplace ? b + p0 * ldb + j : bp + q * kc * FASTNN_PG_NR;
+                Py_ssize_t ldp = inplace ? ldb : FASTNN_PG_NR;
                 if (ta)
-                    bad += fastnn_pg_kernel_t(kc, ab, la, bp + q * kc * FASTNN_PG_NR,
-                                              c + i0 * ldc + j, ldc, init, p0 > 0, h, w,
-                                              last, j);
+                    bad += fastnn_pg_kernel_t(kc, ab, la, panel, ldp, c + i0 * ldc + j, ldc,
+                                              init, p0 > 0, h, w, last, j);
                 else
-                    bad += fastnn_pg_kernel_n(kc, ab, la, bp + q * kc * FASTNN_PG_NR,
-                                              c + i0 * ldc + j, ldc, init, p0 > 0, h, w,
-                                              last, j);
+                    bad += fastnn_pg_kernel_n(kc, ab, la, panel, ldp, c + i0 * ldc + j, ldc,
+                                              init, p0 > 0, h, w, last, j);
             }
         }
     }

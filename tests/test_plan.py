@@ -545,10 +545,11 @@ needs_packed = pytest.mark.skipif(
     reason="this CPU does not run the packed product (AVX-512F); BLAS computes instead")
 
 # Rows around the 6-row blocks, columns around the 64-column panels (and the 16-float
-# vectors within them), inner dimensions around the 512-step blocks and the 16 x 16
+# vectors within them; 64 and 128: whole panels, which a row-major b gives the kernel
+# where it lies, unpacked), inner dimensions around the 512-step blocks and the 16 x 16
 # transposes of a transposed b.
 PACKED_SHAPES = [(m, k, n) for m in (1, 5, 6, 7, 13, 100) for k in (1, 15, 17, 512, 513, 1100)
-                 for n in (1, 16, 31, 64, 65, 200)]
+                 for n in (1, 16, 31, 64, 65, 128, 200)]
 
 
 @needs_packed
