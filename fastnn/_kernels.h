@@ -548,8 +548,9 @@ FASTNN_DEFINE_ADAM(double, __builtin_sqrt, fastnn_adam_f64)
    micro-kernel broadcasts its entries from where they lie (a row-major a row by
    row, a transposed one from its columns, six adjacent floats), so the only
    copy is of b, and none when b is row-major and its columns fill whole panels
-   (the kernel then reads each step's 64 columns from b's row). The micro-kernel keeps a 6 x 64 block of c in 24 zmm registers
-   over the KC steps (one 64-float panel row and six broadcasts per step).
+   (the kernel then reads each step's 64 columns from b's row). The micro-kernel
+   keeps a 6 x 64 block of c in 24 zmm registers over the KC steps (one 64-float
+   panel row and six broadcasts per step).
    Sums are in float32, in order of the inner index within a block of KC, as
    BLAS does. Rows past the last multiple of 6 go through a zero-padded copy of
    their a; columns past the last multiple of 64 are masked.
